@@ -1,0 +1,27 @@
+# Two commands set everything up on a fresh machine:
+#   make run    - one job from test_input.json through the real handler and engine
+#   make test   - the test suite (boots the same engine once)
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+# vLLM on CPU sizes its KV cache from this (GiB); 2 is plenty for the embedded model.
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+
+.PHONY: setup model run test serve bench clean
+
+setup:
+	@bash builder/setup_venv.sh
+
+model: setup
+	@$(PYTHON) -m handler prepare
+
+run: model
+	$(PYTHON) -m handler run $(if $(INPUT),--input $(INPUT))
+
+test: model
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: model
+	$(PYTHON) bench/overhead.py
+
+clean:
+	rm -rf $(VENV)

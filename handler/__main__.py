@@ -1,0 +1,125 @@
+"""``python -m handler``: the worker's command line.
+
+- ``python -m handler``: the RunPod serverless worker (production entrypoint).
+- ``python -m handler run [--input FILE]``: run one job through the same
+  handler and print each streamed item and the final output.
+- ``python -m handler prepare``: prepare the embedded default model (once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m handler", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="run one job and print its stream and output")
+    run.add_argument("--input", default="test_input.json", help="job file (default: test_input.json)")
+    commands.add_parser("prepare", help="prepare the embedded default model")
+    if not argv or argv[0].startswith("--rp_"):
+        return serve_runpod()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    if args.command == "run":
+        # stdout carries the job's stream and output; vLLM's own logs go to stderr.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        return asyncio.run(run_one(Path(args.input)))
+    if args.command == "prepare":
+        return prepare_model()
+    parser.print_help()
+    return 2
+
+
+def _boot_objects():
+    """Settings, engine configuration, engine and worker; a bad setting ends
+    start-up with one line naming the environment variable."""
+    from .engine import Engine, engine_config
+    from .settings import Settings
+    from .worker import Worker
+
+    try:
+        settings = Settings.from_env()
+        config = engine_config(settings)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings, config, Engine, Worker
+
+
+def serve_runpod() -> int:
+    import runpod
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    settings, config, Engine, Worker = _boot_objects()
+    worker = Worker(Engine(settings, config=config))
+    runpod.serverless.start(
+        {
+            "handler": worker.handle,
+            "concurrency_modifier": worker.concurrency,
+            "return_aggregate_stream": True,
+        }
+    )
+    return 0
+
+
+def prepare_model() -> int:
+    from . import embedded_model
+    from .settings import Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    target = settings.embedded_model_dir
+    if embedded_model.is_prepared(target):
+        print(f"{embedded_model.NAME} is ready in {target}")
+        return 0
+    embedded_model.prepare(target)
+    print(f"{embedded_model.NAME} prepared in {target}")
+    return 0
+
+
+async def run_one(path: Path) -> int:
+    try:
+        job: Any = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        print(f"cannot read the job file {path}: {error}", file=sys.stderr)
+        return 2
+    settings, config, Engine, Worker = _boot_objects()
+    failures: list[str] = []
+    engine = Engine(settings, config=config, on_fatal=failures.append)
+    worker = Worker(engine)
+    job.setdefault("id", "local-run")
+    output: list[Any] = []
+    status = 0
+    try:
+        async for item in worker.handle(job):
+            if isinstance(item, dict) and "error" in item:
+                print(f"[error] {item['error']}", flush=True)
+                status = 1
+                break
+            print(f"[stream] {json.dumps(item)}", flush=True)
+            output.append(item)
+        else:
+            print(f"[output] {json.dumps({'status': 'COMPLETED', 'output': output})}", flush=True)
+    finally:
+        await engine.shutdown()
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

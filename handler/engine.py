@@ -1,0 +1,221 @@
+"""The engine: vLLM's ``AsyncLLM`` and vLLM's own OpenAI app over it.
+
+The engine boots lazily, on the first job, in the event loop that serves jobs;
+jobs that arrive during the boot wait for that same boot. When the boot fails,
+or the engine dies later, every waiting job gets the reason and the worker
+exits non-zero so RunPod replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from argparse import Namespace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import asgi, embedded_model, flags
+from . import vllm_internals as vi
+from .errors import JobError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_SERVED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+WATCHDOG_INTERVAL_S = 1.0
+# Worker defaults on a machine without a GPU (each overridable by its env var):
+# - enforce_eager: vLLM's compiled CPU path boots 3-4x slower and produced
+#   wrong text for the embedded model; eager mode is correct.
+# - gpu_memory_utilization: the CPU backend reads it as the share of the NUMA
+#   node's RAM to reserve, and refuses to start unless that much is free right
+#   now (0.92 of the node, vLLM's GPU default, rarely is). The KV cache itself
+#   is sized by VLLM_CPU_KVCACHE_SPACE.
+CPU_DEFAULTS = {"enforce_eager": True, "gpu_memory_utilization": 0.3}
+
+
+def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) -> flags.EngineConfig:
+    """The serve namespace from the environment, with the worker's defaults:
+    the embedded model when no model is named, and eager mode without a GPU."""
+    defaults: dict[str, Any] = {"model": str(settings.embedded_model_dir)}
+    if vi.current_platform.is_cpu():
+        defaults.update(CPU_DEFAULTS)
+    config = flags.parse(environ, defaults=defaults)
+    if uses_embedded_model(config.args, settings) and not config.args.served_model_name:
+        config.args.served_model_name = [EMBEDDED_SERVED_NAME]
+    return config
+
+
+def uses_embedded_model(args: Namespace, settings: Settings) -> bool:
+    return args.model == str(settings.embedded_model_dir)
+
+
+class _ServerShim:
+    """Stands in for the uvicorn server vLLM's error handlers expect on
+    ``app.state.server``: setting ``should_exit`` (vLLM's reaction to a dead
+    engine) reports the engine as failed."""
+
+    def __init__(self, on_exit: Callable[[], None]) -> None:
+        self._on_exit = on_exit
+
+    @property
+    def should_exit(self) -> bool:
+        return False
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self._on_exit()
+
+
+@dataclass
+class Ready:
+    """A booted engine and the app built over it."""
+
+    llm: Any
+    app: Any
+    args: Namespace
+    served_model: str
+    boot_seconds: float
+
+
+def exit_process(reason: str) -> None:
+    logger.critical("the engine failed; the worker exits so RunPod replaces it: %s", reason)
+    os._exit(1)
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        environ: Mapping[str, str] | None = None,
+        on_fatal: Callable[[str], None] = exit_process,
+        config: flags.EngineConfig | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env(environ)
+        self.environ = environ
+        self.config = config
+        self._on_fatal = on_fatal
+        self._boot: asyncio.Task[Ready] | None = None
+        self._ready: Ready | None = None
+        self._failure: str | None = None
+        self._lifespan: Any = None
+        self._watchdog: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> Ready | None:
+        return self._ready
+
+    async def start(self) -> Ready:
+        """The booted engine; the first caller starts the boot, others wait for it."""
+        if self._ready is not None:
+            return self._ready
+        if self._failure is not None:
+            raise JobError(self._failure, status=503, type="EngineError")
+        if self._boot is None:
+            self._boot = asyncio.create_task(self._start())
+        try:
+            # shield: a cancelled job must not cancel the boot other jobs wait for
+            return await asyncio.shield(self._boot)
+        except JobError:
+            raise
+        except Exception as error:
+            raise JobError(self._fail(error), status=503, type="EngineError") from None
+
+    def _fail(self, error: BaseException | str) -> str:
+        if self._failure is None:
+            detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+            self._failure = f"the vLLM engine failed to start or died: {detail}"
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.settings.fatal_exit_delay_s, self._on_fatal, self._failure)
+        return self._failure
+
+    def check_alive(self) -> None:
+        """Raise the engine failure, if the engine has died since boot."""
+        ready = self._ready
+        if self._failure is not None:
+            raise JobError(self._failure, status=503, type="EngineError")
+        if ready is not None and getattr(ready.llm, "errored", False):
+            error = getattr(ready.llm, "dead_error", None) or "the engine core process died"
+            raise JobError(self._fail(error), status=503, type="EngineError")
+
+    async def _start(self) -> Ready:
+        began = time.perf_counter()
+        config = self.config or engine_config(self.settings, self.environ)
+        args = config.args
+        logger.info(config.describe())
+        if uses_embedded_model(args, self.settings):
+            await asyncio.to_thread(embedded_model.prepare, self.settings.embedded_model_dir)
+        # Building the engine blocks for the whole model load; a thread keeps
+        # the event loop (job polling, the local endpoint) responsive meanwhile.
+        llm = await asyncio.to_thread(_build_llm, args)
+        _start_background_tasks(llm)
+        supported_tasks = await llm.get_supported_tasks()
+        app = vi.build_app(args, supported_tasks, llm.model_config)
+        await vi.init_app_state(llm, app.state, args, supported_tasks)
+        app.state.server = _ServerShim(lambda: self._fail("vLLM reported the engine dead"))
+        self._lifespan = app.router.lifespan_context(app)
+        await self._lifespan.__aenter__()
+        served = (args.served_model_name or [args.model])[0]
+        self._ready = Ready(llm, app, args, served, time.perf_counter() - began)
+        self._watchdog = asyncio.create_task(self._watch())
+        logger.info("engine ready in %.1f s, serving %s", self._ready.boot_seconds, served)
+        return self._ready
+
+    async def _watch(self) -> None:
+        while self._failure is None:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            try:
+                self.check_alive()
+            except JobError:
+                return
+
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> asgi.Response:
+        """Call vLLM's OpenAI app in memory."""
+        ready = await self.start()
+        self.check_alive()
+        return await asgi.request(ready.app, method, path, body, headers)
+
+    async def shutdown(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._lifespan is not None:
+            try:
+                await self._lifespan.__aexit__(None, None, None)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                logger.debug("lifespan shutdown failed", exc_info=True)
+            self._lifespan = None
+        if self._ready is not None:
+            self._ready.llm.shutdown()
+            self._ready = None
+
+
+def _build_llm(args: Namespace) -> Any:
+    """``AsyncLLM`` exactly as ``vllm serve`` builds it from the namespace."""
+    engine_args = vi.AsyncEngineArgs.from_cli_args(args)
+    usage = vi.UsageContext.OPENAI_API_SERVER
+    vllm_config = engine_args.create_engine_config(usage_context=usage)
+    return vi.AsyncLLM.from_vllm_config(
+        vllm_config=vllm_config,
+        usage_context=usage,
+        enable_log_requests=engine_args.enable_log_requests,
+        aggregate_engine_logging=engine_args.aggregate_engine_logging,
+        disable_log_stats=engine_args.disable_log_stats,
+    )
+
+
+def _start_background_tasks(llm: Any) -> None:
+    """``AsyncLLM`` starts its output loops in ``__init__`` when it is built
+    inside the event loop; built in a thread, they are started here instead,
+    so that an engine failure is seen before the first request."""
+    starter = getattr(llm, "_run_output_handler", None)
+    if callable(starter):
+        starter()
+    core = getattr(llm, "engine_core", None)
+    ensure = getattr(core, "_ensure_output_queue_task", None)
+    if callable(ensure):
+        ensure()

@@ -1,0 +1,315 @@
+"""vLLM flags from environment variables.
+
+Every ``vllm serve`` flag is reachable as its UPPER_SNAKE environment variable
+(``MAX_MODEL_LEN`` -> ``--max-model-len``). The list of flags is read at run
+time from vLLM's own argument parser, and the values are parsed by it too, so
+the namespace produced here is exactly what ``vllm serve`` would have built from
+the same command line. The engine and vLLM's OpenAI app are both built from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import vllm_internals as vi
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# worker-vllm's names, kept so its users can switch without renaming anything.
+ALIASES: dict[str, str] = {
+    "MODEL_NAME": "MODEL",
+    "MODEL_REVISION": "REVISION",
+    "TOKENIZER_NAME": "TOKENIZER",
+    "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "SERVED_MODEL_NAME",
+    "CUSTOM_CHAT_TEMPLATE": "CHAT_TEMPLATE",
+}
+EXTRA_ARGS = "VLLM_EXTRA_ARGS"
+
+# Names that worker-vllm documented for flags that older vLLM releases had.
+# They are not a copy of vLLM's flag list: one that vLLM still has is simply
+# used; one it no longer has gets a warning instead of silently doing nothing.
+LEGACY_NAMES = frozenset(
+    {
+        "BLOCK_SIZE", "SWAP_SPACE", "USE_V2_BLOCK_MANAGER", "NUM_LOOKAHEAD_SLOTS",
+        "TOKENIZER_POOL_SIZE", "TOKENIZER_POOL_TYPE", "TOKENIZER_POOL_EXTRA_CONFIG",
+        "MAX_SEQ_LEN_TO_CAPTURE", "DISABLE_LOG_REQUESTS", "PREEMPTION_MODE",
+        "SPECULATIVE_MODEL", "NUM_SPECULATIVE_TOKENS",
+        "SPECULATIVE_DRAFT_TENSOR_PARALLEL_SIZE", "SPECULATIVE_MAX_MODEL_LEN",
+        "SPECULATIVE_DISABLE_BY_BATCH_SIZE", "NGRAM_PROMPT_LOOKUP_MAX",
+        "NGRAM_PROMPT_LOOKUP_MIN", "SPEC_DECODING_ACCEPTANCE_METHOD",
+        "TYPICAL_ACCEPTANCE_SAMPLER_POSTERIOR_THRESHOLD",
+        "TYPICAL_ACCEPTANCE_SAMPLER_POSTERIOR_ALPHA",
+        "DISABLE_LOGPROBS_DURING_SPEC_DECODING", "LORA_EXTRA_VOCAB_SIZE",
+        "LONG_LORA_SCALING_FACTORS", "QLORA_ADAPTER_NAME_OR_PATH",
+        "GUIDED_DECODING_BACKEND", "MAX_CPU_LORAS", "MAX_PARALLEL_LOADING_WORKERS",
+        "NUM_GPU_BLOCKS_OVERRIDE", "SCHEDULER_DELAY_FACTOR", "DISABLE_SLIDING_WINDOW",
+        "ENABLE_PREFIX_CACHING", "MAX_LOGPROBS", "DISTRIBUTED_EXECUTOR_BACKEND",
+        "DEFAULT_BATCH_SIZE", "DEFAULT_MIN_BATCH_SIZE", "DEFAULT_BATCH_SIZE_GROWTH_FACTOR",
+        "RAW_OPENAI_OUTPUT", "OPENAI_RESPONSE_ROLE",
+    }
+)
+# worker-vllm settings whose job a differently named setting of ours does.
+REPLACED_BY = {
+    "DEFAULT_BATCH_SIZE": "STREAM_BATCH_MAX_EVENTS",
+    "DEFAULT_MIN_BATCH_SIZE": "STREAM_BATCH_MAX_EVENTS",
+    "DEFAULT_BATCH_SIZE_GROWTH_FACTOR": "STREAM_BATCH_MAX_MS",
+    "RAW_OPENAI_OUTPUT": "the OpenAI route's own output",
+    "OPENAI_RESPONSE_ROLE": "the model's chat template",
+}
+
+TRUE = ("true", "1", "yes")
+FALSE = ("false", "0", "no")
+SECRET = re.compile(r"token|key|secret|password|credential", re.IGNORECASE)
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One ``vllm serve`` option and the environment variable that sets it."""
+
+    env: str
+    option: str
+    action: argparse.Action
+
+    @property
+    def is_bool(self) -> bool:
+        return self.action.nargs == 0
+
+    @property
+    def is_negatable(self) -> bool:
+        return isinstance(self.action, argparse.BooleanOptionalAction)
+
+    @property
+    def is_list(self) -> bool:
+        return self.action.nargs in ("+", "*") or isinstance(
+            self.action, argparse._AppendAction
+        )
+
+    def argv(self, value: str) -> list[str]:
+        """The command-line words for this flag given an env value."""
+        if self.is_bool:
+            lowered = value.strip().lower()
+            if lowered in TRUE:
+                return [self.option]
+            if lowered in FALSE:
+                return ["--no-" + self.option[2:]] if self.is_negatable else []
+            raise ConfigError(
+                f"{self.env}={value!r} is not a boolean: use one of "
+                + "/".join(TRUE + FALSE)
+            )
+        if self.is_list:
+            words = shlex.split(value)
+            if isinstance(self.action, argparse._AppendAction):
+                return [arg for word in words for arg in (self.option, word)]
+            return [self.option, *words]
+        return [f"{self.option}={value}"]
+
+
+def new_parser() -> argparse.ArgumentParser:
+    return vi.make_arg_parser(vi.FlexibleArgumentParser(prog="python -m handler"))
+
+
+def env_name(option: str) -> str:
+    return option.lstrip("-").replace("-", "_").upper()
+
+
+def flags(parser: argparse.ArgumentParser) -> dict[str, Flag]:
+    """Every long option of the parser, keyed by its environment variable."""
+    table: dict[str, Flag] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+            continue
+        long = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
+        if not long:
+            continue
+        flag = Flag(env=env_name(long[0]), option=long[0], action=action)
+        table.setdefault(flag.env, flag)
+    return table
+
+
+def is_secret(name: str) -> bool:
+    return bool(SECRET.search(name))
+
+
+def redact(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (REDACTED if is_secret(k) and v else v) for k, v in values.items()}
+
+
+@dataclass
+class EngineConfig:
+    """The parsed namespace, and where each value came from."""
+
+    args: argparse.Namespace
+    sources: dict[str, str]  # dest -> the env var that set it
+    defaults: dict[str, Any]  # vLLM's own defaults
+
+    def non_default(self) -> dict[str, Any]:
+        return {
+            dest: value
+            for dest, value in sorted(vars(self.args).items())
+            if dest in self.defaults and value != self.defaults[dest]
+        }
+
+    def describe(self) -> str:
+        """The effective engine configuration as one log line, secrets redacted."""
+        return f"engine configuration (vLLM {vi.vllm_version}): {redact(self.non_default())}"
+
+
+def collect_env(environ: Mapping[str, str], table: Mapping[str, Flag]) -> dict[str, str]:
+    """The non-empty env values that set flags, aliases resolved to flag names.
+    A vLLM name wins over its worker-vllm alias when both are set."""
+    chosen: dict[str, str] = {}
+    for alias, name in ALIASES.items():
+        value = environ.get(alias, "")
+        if value == "":
+            continue
+        if environ.get(name, "") not in ("", value):
+            logger.warning("%s and %s are both set; using %s", alias, name, name)
+            continue
+        chosen[name] = value
+    for name in table:
+        value = environ.get(name, "")
+        if value != "":
+            chosen[name] = value
+    for name in sorted(LEGACY_NAMES - set(table)):
+        if environ.get(name, "") != "":
+            instead = REPLACED_BY.get(name)
+            logger.warning(
+                "%s is set, but vLLM %s has no --%s flag; it is ignored%s",
+                name,
+                vi.vllm_version,
+                name.lower().replace("_", "-"),
+                f" (use {instead})" if instead else "",
+            )
+    return chosen
+
+
+def build_argv(
+    environ: Mapping[str, str], table: Mapping[str, Flag]
+) -> tuple[list[str], dict[str, str]]:
+    """Command-line words from the environment; returns them and, for each
+    option, the env var that produced it."""
+    argv: list[str] = []
+    origin: dict[str, str] = {}
+    for name, value in collect_env(environ, table).items():
+        flag = table[name]
+        words = flag.argv(value)
+        argv += words
+        origin[flag.option] = name
+    extra = environ.get(EXTRA_ARGS, "")
+    if extra:
+        try:
+            extra_words = shlex.split(extra)
+        except ValueError as error:
+            raise ConfigError(f"{EXTRA_ARGS}={extra!r} cannot be split: {error}") from None
+        argv += extra_words
+    return argv, origin
+
+
+def parse(
+    environ: Mapping[str, str] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+) -> EngineConfig:
+    """Parse the environment into vLLM's serve namespace with vLLM's own parser.
+
+    ``defaults`` replaces parser defaults (the worker's own defaults, such as
+    the embedded model or ``enforce_eager`` on CPU). A bad value raises
+    ``ConfigError`` naming the environment variable.
+    """
+    environ = os.environ if environ is None else environ
+    parser = new_parser()
+    vllm_defaults = {
+        action.dest: action.default
+        for action in parser._actions
+        if action.dest != argparse.SUPPRESS
+    }
+    if defaults:
+        parser.set_defaults(**defaults)
+    table = flags(parser)
+    argv, origin = build_argv(environ, table)
+
+    def fail(message: str) -> None:
+        raise ConfigError(_explain(message, origin, environ))
+
+    parser.error = fail  # type: ignore[method-assign]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # a parser path that exits without calling error()
+        raise ConfigError(f"vLLM rejected the flags {_redact_argv(argv)}") from None
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(_explain(str(error), origin, environ)) from None
+    if getattr(args, "model_tag", None):
+        args.model = args.model_tag
+    try:
+        vi.validate_parsed_serve_args(args)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(_explain(str(error), origin, environ)) from None
+    sources = {
+        table[name].action.dest: name for name in origin.values() if name in table
+    }
+    return EngineConfig(args=args, sources=sources, defaults=vllm_defaults)
+
+
+def _explain(message: str, origin: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """Rewrite a vLLM/argparse message so it names the env var and its value."""
+    for option, name in origin.items():
+        if re.search(re.escape(option) + r"(?![\w-])", message) or re.search(
+            r"\b" + re.escape(option[2:].replace("-", "_")) + r"\b", message
+        ):
+            raw = environ.get(name) or environ.get(
+                next((a for a, n in ALIASES.items() if n == name), ""), ""
+            )
+            shown = REDACTED if is_secret(name) else repr(raw)
+            return f"{name}={shown} is not valid: {_strip_usage(message)}"
+    if EXTRA_ARGS in environ:
+        return f"{EXTRA_ARGS}: {_strip_usage(message)}"
+    return _strip_usage(message)
+
+
+# What argparse's "invalid <type> value" means, by the type function's name.
+EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "human_readable_int": "an integer such as 4096 or 4k",
+    "human_readable_int_or_auto": "an integer such as 4096 or 4k, or auto",
+    "loads": "JSON",
+    "parse_type": "a value of the listed kind",
+}
+
+
+def _strip_usage(message: str) -> str:
+    message = " ".join(message.split())
+    invalid = re.search(r"invalid (\w+) value", message)
+    if invalid and invalid.group(1) in EXPECTED:
+        message += f"; expected {EXPECTED[invalid.group(1)]}"
+    return message
+
+
+def _redact_argv(argv: list[str]) -> str:
+    shown = []
+    hide_next = False
+    for word in argv:
+        option = word.split("=", 1)[0]
+        if hide_next:
+            shown.append(REDACTED)
+            hide_next = False
+        elif option.startswith("--") and is_secret(option):
+            if "=" in word:
+                shown.append(f"{option}={REDACTED}")
+            else:
+                shown.append(word)
+                hide_next = True
+        else:
+            shown.append(word)
+    return " ".join(shlex.quote(w) for w in shown)

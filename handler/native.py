@@ -1,0 +1,199 @@
+"""Native jobs as requests to vLLM's OpenAI app, and its answers in
+worker-vllm's output shape.
+
+A ``prompt`` job becomes a ``/v1/completions`` request and a ``messages`` job a
+``/v1/chat/completions`` request, so templating, validation and generation
+happen in one place for both job kinds. The output keeps worker-vllm's shape:
+``{"choices": [{"tokens": [...], "finish_reason"}], "usage": {"input", "output"}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from functools import cache
+from typing import Any
+
+from . import vllm_internals as vi
+from .errors import JobError
+from .jobs import NativeJob
+from .streaming import event_data
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+# SamplingParams fields the OpenAI request models spell differently.
+RENAMED = {"extra_args": "vllm_xargs"}
+
+
+@cache
+def settable_fields() -> frozenset[str]:
+    """SamplingParams fields that both OpenAI request models accept."""
+    both = set(vi.completion_request_model.model_fields) & set(vi.chat_request_model.model_fields)
+    return frozenset(
+        name for name in vi.sampling_param_fields() if RENAMED.get(name, name) in both
+    )
+
+
+def check_sampling_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The request fields for ``sampling_params``; unknown names are errors.
+    Value types are checked by vLLM's own request validation."""
+    known = set(vi.sampling_param_fields())
+    settable = settable_fields()
+    fields: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in known:
+            raise JobError(
+                f"sampling_params.{name} is not a field of vLLM's SamplingParams "
+                f"(it has: {', '.join(sorted(settable))})",
+                param=f"sampling_params.{name}",
+            )
+        if name not in settable:
+            raise JobError(
+                f"sampling_params.{name} is internal to vLLM and cannot be set per request",
+                param=f"sampling_params.{name}",
+            )
+        fields[RENAMED.get(name, name)] = value
+    return fields
+
+
+def to_request(job: NativeJob, model: str) -> tuple[str, dict[str, Any]]:
+    """The route and body of the OpenAI request that serves a native job."""
+    body: dict[str, Any] = {"model": model, **check_sampling_params(job.sampling_params)}
+    # A missing max_tokens means the rest of the context window. The chat API
+    # does that for null; the completions API turns null into 16, so for a
+    # prompt job the worker fills it in (see ``rest_of_context``).
+    max_tokens = body.pop("max_tokens", None)
+    if job.is_chat:
+        route = CHAT
+        body["messages"] = job.messages
+        body["max_completion_tokens"] = max_tokens
+        logprobs = body.get("logprobs")
+        if isinstance(logprobs, int) and not isinstance(logprobs, bool):
+            # SamplingParams counts logprobs; the chat API splits that in two.
+            body["logprobs"] = True
+            body["top_logprobs"] = logprobs
+    else:
+        route = COMPLETIONS
+        body["prompt"] = job.prompt
+        body["max_tokens"] = max_tokens
+    if job.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    return route, body
+
+
+def needs_context_budget(route: str, body: dict[str, Any]) -> bool:
+    return route == COMPLETIONS and body.get("max_tokens") is None
+
+
+def tokenize_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The /tokenize request that counts a completion prompt's tokens."""
+    return {"model": body["model"], "prompt": body["prompt"]}
+
+
+def rest_of_context(tokenized: dict[str, Any]) -> int:
+    """max_tokens for a prompt: what the context window has left (at least 1,
+    so that a prompt that fills it gets vLLM's own context-length error)."""
+    return max(1, int(tokenized["max_model_len"]) - int(tokenized["count"]))
+
+
+def _usage(usage: dict[str, Any] | None) -> dict[str, int]:
+    usage = usage or {}
+    return {"input": usage.get("prompt_tokens") or 0, "output": usage.get("completion_tokens") or 0}
+
+
+def _text(choice: dict[str, Any]) -> str:
+    if "text" in choice:
+        return choice.get("text") or ""
+    part = choice.get("delta") or choice.get("message") or {}
+    return part.get("content") or ""
+
+
+def _choice(choice: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "index": choice.get("index", 0),
+        "tokens": tokens,
+        "finish_reason": choice.get("finish_reason"),
+    }
+    if choice.get("logprobs") is not None:
+        out["logprobs"] = choice["logprobs"]
+    message = choice.get("message") or choice.get("delta") or {}
+    for key in ("reasoning_content", "reasoning", "tool_calls"):
+        if message.get(key):
+            out[key] = message[key]
+    return out
+
+
+def from_response(data: dict[str, Any]) -> dict[str, Any]:
+    """A whole completion or chat completion in the native shape."""
+    choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+    return {
+        "choices": [_choice(c, [_text(c)]) for c in choices],
+        "usage": _usage(data.get("usage")),
+    }
+
+
+async def stream_deltas(events: AsyncIterable[str]) -> AsyncIterator[dict[str, Any]]:
+    """OpenAI stream events as native deltas (one per event with news)."""
+    async for event in events:
+        data = event_data(event)
+        if not isinstance(data, dict):
+            continue
+        if "error" in data:
+            error = data["error"]
+            if isinstance(error, dict):
+                raise JobError(
+                    str(error.get("message")),
+                    status=int(error.get("code") or 500),
+                    param=error.get("param"),
+                    type=error.get("type"),
+                )
+            raise JobError(str(error), status=500)
+        choices = [_choice(c, [_text(c)]) for c in data.get("choices") or []]
+        if choices and not any(_has_news(c) for c in choices):
+            continue  # the opening role-only chunk of a chat stream
+        yield {
+            "choices": choices,
+            "usage": _usage(data.get("usage")) if data.get("usage") else None,
+        }
+
+
+def _has_news(choice: dict[str, Any]) -> bool:
+    return any(choice["tokens"]) or any(
+        value is not None for key, value in choice.items() if key not in ("index", "tokens")
+    )
+
+
+def merge(deltas: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Several native deltas as one streamed item: pieces of text per choice,
+    the latest finish reason and usage."""
+    by_index: dict[int, dict[str, Any]] = {}
+    usage = None
+    for delta in deltas:
+        usage = delta["usage"] or usage
+        for choice in delta["choices"]:
+            merged = by_index.setdefault(
+                choice["index"], {"index": choice["index"], "tokens": [], "finish_reason": None}
+            )
+            merged["tokens"] += [t for t in choice["tokens"] if t]
+            for key, value in choice.items():
+                if key not in ("index", "tokens") and value is not None:
+                    if key == "logprobs" and "logprobs" in merged:
+                        merged[key] = _join_logprobs(merged[key], value)
+                    else:
+                        merged[key] = value
+    return {
+        "choices": [by_index[i] for i in sorted(by_index)],
+        "usage": usage or {"input": 0, "output": 0},
+    }
+
+
+def _join_logprobs(first: Any, second: Any) -> Any:
+    if isinstance(first, dict) and isinstance(second, dict):
+        joined = dict(first)
+        for key, value in second.items():
+            if isinstance(value, list) and isinstance(first.get(key), list):
+                joined[key] = first[key] + value
+            else:
+                joined[key] = value
+        return joined
+    return second

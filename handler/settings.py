@@ -1,0 +1,85 @@
+"""Worker settings: everything the worker reads from the environment that is not
+a vLLM flag (vLLM flags are derived from vLLM's own parser in ``flags.py``).
+
+One typed object, read once; the README's settings table is checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vllm-worker"
+
+
+class Settings(BaseModel):
+    """Worker settings, each read from the environment variable of the same
+    name in upper case."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrency: int = Field(
+        30, ge=1, description="Jobs one worker runs at once (they share vLLM's batch)."
+    )
+    stream_batch_max_events: int = Field(
+        32,
+        ge=1,
+        description="A streamed job sends a batch once this many SSE events wait in it.",
+    )
+    stream_batch_max_ms: float = Field(
+        100.0,
+        ge=0,
+        description="... or once the batch's oldest event is this many milliseconds old. "
+        "Until the first generated text has gone out, events are sent at once.",
+    )
+    embedded_model_dir: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "SmolLM2-135M-Instruct",
+        description="Where the embedded default model is prepared and read from.",
+    )
+    fatal_exit_delay_s: float = Field(
+        3.0,
+        ge=0,
+        description="After the engine fails, seconds left for job errors to reach "
+        "RunPod before the worker exits non-zero.",
+    )
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        return [name.upper() for name in cls.model_fields]
+
+    @classmethod
+    def reference(cls) -> str:
+        """The README's table of worker settings (a test keeps them equal)."""
+        rows = ["| variable | default | what it does |", "|---|---|---|"]
+        for name, field in cls.model_fields.items():
+            if field.default_factory is not None:
+                default = "`${XDG_CACHE_HOME:-~/.cache}/vllm-worker/SmolLM2-135M-Instruct`"
+            else:
+                default = f"`{field.default}`"
+            rows.append(f"| `{name.upper()}` | {default} | {field.description} |")
+        return "\n".join(rows)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {
+            name: environ[name.upper()]
+            for name in cls.model_fields
+            if environ.get(name.upper(), "") != ""
+        }
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            name = str(first["loc"][0]).upper()
+            raise ConfigError(
+                f"{name}={environ.get(name)!r} is not valid: {first['msg']}"
+            ) from None

@@ -1,0 +1,95 @@
+"""Start-up, boot failure and engine death."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from conftest import CAPITAL, GREEDY, job_error, run_job
+
+from handler.engine import Engine
+from handler.settings import Settings
+from handler.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_handler(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "handler", *args],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_bad_setting_stops_startup_with_one_line():
+    result = run_handler("run", env={"MAX_MODEL_LEN": "abc"})
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("configuration error: MAX_MODEL_LEN='abc' is not valid")
+    assert "integer" in last
+
+
+def test_production_entrypoint_checks_settings_before_serving():
+    result = run_handler(env={"ENFORCE_EAGER": "maybe"})
+    assert result.returncode == 2
+    assert "ENFORCE_EAGER='maybe' is not a boolean" in result.stderr.strip().splitlines()[-1]
+    result = run_handler(env={"MAX_CONCURRENCY": "0"})
+    assert result.returncode == 2
+    assert "MAX_CONCURRENCY='0' is not valid" in result.stderr
+
+
+def test_missing_model_fails_the_job_readably_and_exits_non_zero(tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text('{"input": {"prompt": "hi"}}')
+    secret = "hf_topsecretvalue123"
+    result = run_handler("run", "--input", str(job),
+                         env={"MODEL_NAME": str(tmp_path / "no-such-model"), "HF_TOKEN": secret})
+    assert result.returncode == 1
+    assert "[error]" in result.stdout
+    assert "no-such-model" in result.stdout
+    assert secret not in result.stdout + result.stderr
+    assert "'hf_token': '***'" in result.stderr
+
+
+async def test_boot_failure_reaches_every_waiting_job_once(tmp_path, caplog):
+    reports: list[str] = []
+    settings = Settings(fatal_exit_delay_s=0)
+    engine = Engine(settings, environ={"MODEL_NAME": str(tmp_path / "missing")}, on_fatal=reports.append)
+    worker = Worker(engine)
+    with caplog.at_level(logging.INFO, logger="handler.engine"):
+        results = await asyncio.gather(*(run_job(worker, {"prompt": "hi"}) for _ in range(3)))
+    errors = [job_error(items) for items in results]
+    assert all(e and e["code"] == 503 and "missing" in e["message"] for e in errors), errors
+    assert caplog.text.count("engine configuration") == 1, "one boot, not three"
+    await asyncio.sleep(0.05)
+    assert len(reports) == 1 and "failed to start" in reports[0]
+    # later jobs get the same answer at once, without a new boot
+    assert job_error(await run_job(worker, {"prompt": "hi"}))["code"] == 503
+
+
+async def test_engine_death_fails_jobs_and_reports_fatal():
+    reports: list[str] = []
+    engine = Engine(Settings(fatal_exit_delay_s=0), on_fatal=reports.append)
+    worker = Worker(engine)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert job_error(await run_job(worker, {"messages": CAPITAL, "sampling_params": GREEDY})) is None
+    spawned = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert spawned
+    try:
+        for process in spawned:
+            process.send_signal(signal.SIGKILL)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not reports and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        assert reports and "died" in reports[0]
+        error = job_error(await run_job(worker, {"messages": CAPITAL, "sampling_params": GREEDY}))
+        assert error["code"] == 503 and "died" in error["message"]
+    finally:
+        await engine.shutdown()
