@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make run    - one job from test_input.json through the real handler and engine
 #   make test   - the test suite (boots the same engine once)
+#   make serve  - a local RunPod endpoint (and /openai/v1) on 127.0.0.1:8000
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 # vLLM on CPU sizes its KV cache from this (GiB); 2 is plenty for the embedded model.
@@ -16,6 +17,9 @@ model: setup
 
 run: model
 	$(PYTHON) -m handler run $(if $(INPUT),--input $(INPUT))
+
+serve: model
+	$(PYTHON) -m handler serve $(if $(PORT),--port $(PORT))
 
 test: model
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -3,6 +3,8 @@
 - ``python -m handler``: the RunPod serverless worker (production entrypoint).
 - ``python -m handler run [--input FILE]``: run one job through the same
   handler and print each streamed item and the final output.
+- ``python -m handler serve [--host H] [--port P] [--api-key K]``: a local
+  endpoint with RunPod's API (and ``/openai/v1``) in front of the handler.
 - ``python -m handler prepare``: prepare the embedded default model (once).
 """
 
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run one job and print its stream and output")
     run.add_argument("--input", default="test_input.json", help="job file (default: test_input.json)")
     commands.add_parser("prepare", help="prepare the embedded default model")
+    serve = commands.add_parser("serve", help="a local RunPod endpoint in front of the handler")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--api-key", default=None, help="require this bearer key (or set LOCAL_API_KEY)")
     if not argv or argv[0].startswith("--rp_"):
         return serve_runpod()
     args = parser.parse_args(argv)
@@ -39,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_one(Path(args.input)))
     if args.command == "prepare":
         return prepare_model()
+    if args.command == "serve":
+        return serve_local(args.host, args.port, args.api_key)
     parser.print_help()
     return 2
 
@@ -72,6 +80,18 @@ def serve_runpod() -> int:
             "return_aggregate_stream": True,
         }
     )
+    return 0
+
+
+def serve_local(host: str, port: int, api_key: str | None) -> int:
+    from .endpoint import serve
+
+    settings, config, Engine, Worker = _boot_objects()
+    worker = Worker(Engine(settings, config=config))
+    try:
+        asyncio.run(serve(worker, host, port, api_key or settings.local_api_key))
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

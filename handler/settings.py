@@ -44,6 +44,11 @@ class Settings(BaseModel):
         default_factory=lambda: _default_cache_dir() / "SmolLM2-135M-Instruct",
         description="Where the embedded default model is prepared and read from.",
     )
+    local_api_key: str | None = Field(
+        None,
+        description="The local endpoint (`python -m handler serve`) requires "
+        "`Authorization: Bearer <key>` when set. Never logged.",
+    )
     fatal_exit_delay_s: float = Field(
         3.0,
         ge=0,
