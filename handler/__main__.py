@@ -5,6 +5,7 @@
   handler and print each streamed item and the final output.
 - ``python -m handler serve [--host H] [--port P] [--api-key K]``: a local
   endpoint with RunPod's API (and ``/openai/v1``) in front of the handler.
+- ``python -m handler plan MODEL``: GPU sizing for a model.
 - ``python -m handler prepare``: prepare the embedded default model (once).
 """
 
@@ -22,6 +23,15 @@ from typing import Any
 from .errors import ConfigError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# `plan` options; each defaults to the env var the worker would read for it.
+PLAN_OPTIONS = {
+    "--revision": ("MODEL_REVISION", "model revision"),
+    "--max-model-len": ("MAX_MODEL_LEN", "context length to size the KV cache for (default: the model's)"),
+    "--dtype": ("DTYPE", "weight dtype (default: auto)"),
+    "--quantization": ("QUANTIZATION", "quantization method (default: from the model's config)"),
+    "--kv-cache-dtype": ("KV_CACHE_DTYPE", "KV cache dtype (default: auto)"),
+    "--gpu-memory-utilization": ("GPU_MEMORY_UTILIZATION", "share of each GPU vLLM may use (default: 0.9)"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,24 +41,46 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run one job and print its stream and output")
     run.add_argument("--input", default="test_input.json", help="job file (default: test_input.json)")
     commands.add_parser("prepare", help="prepare the embedded default model")
+    sizing = commands.add_parser("plan", help="how many GPUs a model needs (reads its config.json)")
+    sizing.add_argument("model", help="a local model directory or a Hugging Face hub id")
+    for option, (env, help_text) in PLAN_OPTIONS.items():
+        sizing.add_argument(option, default=os.environ.get(env) or None, help=f"{help_text} (env {env})")
     serve = commands.add_parser("serve", help="a local RunPod endpoint in front of the handler")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--api-key", default=None, help="require this bearer key (or set LOCAL_API_KEY)")
     if not argv or argv[0].startswith("--rp_"):
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+        settle_environment()
         return serve_runpod()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    settle_environment()
     if args.command == "run":
         # stdout carries the job's stream and output; vLLM's own logs go to stderr.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         return asyncio.run(run_one(Path(args.input)))
     if args.command == "prepare":
         return prepare_model()
+    if args.command == "plan":
+        return print_plan(args)
     if args.command == "serve":
         return serve_local(args.host, args.port, args.api_key)
     parser.print_help()
     return 2
+
+
+def settle_environment() -> None:
+    """Caches on the network volume, hub offline for local models: before
+    vLLM is imported (see environment.py)."""
+    from . import environment
+    from .settings import Settings
+
+    try:
+        environment.prepare(Settings.from_env())
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _boot_objects():
@@ -70,7 +102,6 @@ def _boot_objects():
 def serve_runpod() -> int:
     import runpod
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     settings, config, Engine, Worker = _boot_objects()
     worker = Worker(Engine(settings, config=config))
     runpod.serverless.start(
@@ -92,6 +123,27 @@ def serve_local(host: str, port: int, api_key: str | None) -> int:
         asyncio.run(serve(worker, host, port, api_key or settings.local_api_key))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def print_plan(args: argparse.Namespace) -> int:
+    from . import plan
+
+    try:
+        report = plan.plan_for(
+            args.model,
+            revision=args.revision,
+            token=os.environ.get("HF_TOKEN") or None,
+            dtype=args.dtype or "auto",
+            quantization=args.quantization,
+            kv_cache_dtype=args.kv_cache_dtype or "auto",
+            max_model_len=int(args.max_model_len) if args.max_model_len else None,
+            gpu_memory_utilization=float(args.gpu_memory_utilization or 0.9),
+        )
+    except (plan.PlanError, ValueError) as error:
+        print(f"plan: {error}", file=sys.stderr)
+        return 2
+    print(report)
     return 0
 
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import asgi, embedded_model, flags
+from . import asgi, embedded_model, environment, flags, plan
 from . import vllm_internals as vi
-from .errors import JobError
+from .errors import ConfigError, JobError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,13 +39,37 @@ CPU_DEFAULTS = {"enforce_eager": True, "gpu_memory_utilization": 0.3}
 def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) -> flags.EngineConfig:
     """The serve namespace from the environment, with the worker's defaults:
     the embedded model when no model is named, and eager mode without a GPU."""
+    environ = os.environ if environ is None else environ
     defaults: dict[str, Any] = {"model": str(settings.embedded_model_dir)}
     if vi.current_platform.is_cpu():
         defaults.update(CPU_DEFAULTS)
     config = flags.parse(environ, defaults=defaults)
-    if uses_embedded_model(config.args, settings) and not config.args.served_model_name:
-        config.args.served_model_name = [EMBEDDED_SERVED_NAME]
+    args = config.args
+    baked = environment.baked_model(settings, dict(environ))
+    if baked is not None:
+        # served from the image's disk under the name it was baked from
+        args.model = baked.path
+        args.served_model_name = args.served_model_name or [baked.name]
+        args.tokenizer = args.tokenizer or baked.tokenizer
+        args.quantization = args.quantization or baked.quantization
+    elif uses_embedded_model(args, settings) and not args.served_model_name:
+        args.served_model_name = [EMBEDDED_SERVED_NAME]
+    if os.path.isdir(args.model):
+        check_parallelism(args)
     return config
+
+
+def check_parallelism(args: Namespace) -> None:
+    """Stop before any weights load when TENSOR_PARALLEL_SIZE cannot split the
+    model's attention heads. A config that cannot be read is left to vLLM."""
+    try:
+        model_config = plan.load_config(args.model, args.revision, args.hf_token)
+    except plan.PlanError:
+        return
+    try:
+        plan.check_tensor_parallel(model_config, args.tensor_parallel_size)
+    except plan.PlanError as error:
+        raise ConfigError(str(error)) from None
 
 
 def uses_embedded_model(args: Namespace, settings: Settings) -> bool:
@@ -148,6 +172,8 @@ class Engine:
         logger.info(config.describe())
         if uses_embedded_model(args, self.settings):
             await asyncio.to_thread(embedded_model.prepare, self.settings.embedded_model_dir)
+        elif not os.path.isdir(args.model):
+            await asyncio.to_thread(check_parallelism, args)
         # Building the engine blocks for the whole model load; a thread keeps
         # the event loop (job polling, the local endpoint) responsive meanwhile.
         llm = await asyncio.to_thread(_build_llm, args)

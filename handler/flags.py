@@ -313,3 +313,20 @@ def _redact_argv(argv: list[str]) -> str:
         else:
             shown.append(word)
     return " ".join(shlex.quote(w) for w in shown)
+
+
+def reference() -> str:
+    """docs/ENVIRONMENT.md's table of every vLLM flag as an env var (a test
+    keeps the file equal to this)."""
+    parser = new_parser()
+    rows = ["| env var | vLLM flag | default |", "|---|---|---|"]
+    aliases = {name: alias for alias, name in ALIASES.items()}
+    for env, flag in sorted(flags(parser).items()):
+        default = flag.action.default
+        if default in (None, argparse.SUPPRESS):
+            shown = ""
+        else:
+            shown = "`" + (repr(default) if default == "" else str(default)).replace("|", "\\|") + "`"
+        alias = f" (or `{aliases[env]}`)" if env in aliases else ""
+        rows.append(f"| `{env}`{alias} | `{flag.option}` | {shown} |")
+    return "\n".join(rows)

@@ -44,6 +44,16 @@ class Settings(BaseModel):
         default_factory=lambda: _default_cache_dir() / "SmolLM2-135M-Instruct",
         description="Where the embedded default model is prepared and read from.",
     )
+    volume_dir: Path = Field(
+        Path("/runpod-volume"),
+        description="When this directory exists (a RunPod network volume), the Hugging "
+        "Face cache and vLLM's compile cache live on it.",
+    )
+    baked_model_manifest: Path = Field(
+        Path("/models/baked.json"),
+        description="Written by `builder/download_model.py` when a model is baked into "
+        "the image; that model is then served from disk, offline.",
+    )
     local_api_key: str | None = Field(
         None,
         description="The local endpoint (`python -m handler serve`) requires "

@@ -18,3 +18,8 @@ def test_every_alias_is_documented():
     for alias, name in flags.ALIASES.items():
         assert f"`{alias}` (`--{name.lower().replace('_', '-')}`)" in README
     assert f"`{flags.EXTRA_ARGS}`" in README
+
+
+def test_environment_reference_matches_vllms_parser():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "ENVIRONMENT.md").read_text()
+    assert flags.reference() in text, "regenerate docs/ENVIRONMENT.md (command in its header)"

@@ -93,3 +93,21 @@ async def test_engine_death_fails_jobs_and_reports_fatal():
         assert error["code"] == 503 and "died" in error["message"]
     finally:
         await engine.shutdown()
+
+
+def test_tensor_parallel_that_cannot_split_the_heads_stops_startup():
+    result = run_handler("run", env={"TENSOR_PARALLEL_SIZE": "2"})
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "TENSOR_PARALLEL_SIZE=2 does not divide the model's 9 attention heads" in last
+
+
+def test_plan_command_on_the_embedded_model():
+    model_dir = Settings.from_env().embedded_model_dir
+    result = run_handler("plan", str(model_dir), "--max-model-len", "4096", env={})
+    assert result.returncode == 0, result.stderr
+    assert "Recommended: 1 x 24 GB, TENSOR_PARALLEL_SIZE=1" in result.stdout
+    assert "KV cache: 22.5 KiB/token" in result.stdout
+    result = run_handler("plan", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert "pass a local model directory" in result.stderr

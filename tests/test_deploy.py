@@ -1,0 +1,151 @@
+"""What ships: the Dockerfile, the bake script, the RunPod Hub files, start-up environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from handler import environment, flags, jobs
+from handler.engine import engine_config
+from handler.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
+HUB_TESTS = json.loads((ROOT / ".runpod" / "tests.json").read_text())
+
+
+def keys_the_worker_reads() -> set[str]:
+    table = flags.flags(flags.new_parser())
+    return set(table) | set(flags.ALIASES) | {flags.EXTRA_ARGS} | set(Settings.env_names())
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_pins_the_vllm_version_ci_tests_with():
+    import vllm
+
+    assert f"ARG VLLM_VERSION={vllm.__version__}" in (ROOT / "Dockerfile").read_text()
+    assert "runpod==1.10.0" in (ROOT / "builder" / "requirements.txt").read_text()
+
+
+def test_every_hub_env_key_is_read_by_the_worker():
+    read = keys_the_worker_reads()
+    offered = [entry["key"] for entry in HUB["config"]["env"]]
+    assert not [key for key in offered if key not in read]
+    for preset in HUB["config"]["presets"]:
+        assert set(preset["defaults"]) <= read
+
+
+def test_hub_defaults_and_options_are_values_vllm_accepts():
+    for entry in HUB["config"]["env"]:
+        key, field = entry["key"], entry["input"]
+        values = [o["value"] for o in field.get("options", [])]
+        if "default" in field:
+            values.append(field["default"])
+        for value in values:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if key in Settings.env_names():
+                Settings.from_env({key: text})
+            else:
+                flags.parse({key: text, **({"TOOL_CALL_PARSER": "hermes"} if key == "ENABLE_AUTO_TOOL_CHOICE" else {})})
+
+
+def test_hub_suits_scale_to_zero_and_keeps_the_token_secret():
+    config = HUB["config"]
+    assert config["workersMin"] == 0 and config["idleTimeout"] <= 10
+    token = next(e for e in config["env"] if e["key"] == "HF_TOKEN")
+    assert token["input"].get("secret") is True and "default" not in token["input"]
+    assert any(p["defaults"].get("MODEL_NAME") == "HuggingFaceTB/SmolLM2-135M-Instruct" for p in config["presets"])
+
+
+def test_hub_tests_are_valid_jobs():
+    kinds = set()
+    for test in HUB_TESTS["tests"]:
+        kinds.add(type(jobs.parse(test["input"])).__name__)
+    assert kinds == {"NativeJob", "OpenAIJob"}
+
+
+def test_network_volume_holds_the_caches(tmp_path):
+    volume = tmp_path / "runpod-volume"
+    volume.mkdir()
+    environ: dict[str, str] = {}
+    environment.prepare(Settings(volume_dir=volume, baked_model_manifest=tmp_path / "none.json"), environ)
+    assert environ["HF_HOME"] == str(volume / "huggingface-cache")
+    assert environ["VLLM_CACHE_ROOT"] == str(volume / "vllm-cache")
+    assert environ["HF_HUB_OFFLINE"] == "1"  # the embedded model needs no hub
+
+    environ = {"MODEL_NAME": "org/some-model", "HF_HOME": "/mine"}
+    environment.prepare(Settings(volume_dir=volume, baked_model_manifest=tmp_path / "none.json"), environ)
+    assert environ["HF_HOME"] == "/mine", "the user's value wins"
+    assert "HF_HUB_OFFLINE" not in environ, "a hub model may need the hub"
+    environ = {}
+    environment.prepare(Settings(volume_dir=tmp_path / "absent", baked_model_manifest=tmp_path / "none.json"), environ)
+    assert "HF_HOME" not in environ
+
+
+def _bake(tmp_path: Path, source: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "builder" / "download_model.py"), "--dest", str(tmp_path / "models")],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_bake_a_local_model_then_serve_it_offline(tmp_path):
+    source = Settings.from_env().embedded_model_dir
+    manifest = tmp_path / "models" / "baked.json"
+    secret = "hf_bakingsecret42"
+    result = _bake(tmp_path, source, MODEL_NAME=str(source), QUANTIZATION="", HF_TOKEN=secret,
+                   BAKED_MODEL_MANIFEST=str(manifest))
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout + result.stderr
+    record = json.loads(manifest.read_text())
+    baked_dir = Path(record["path"])
+    assert record["model_name"] == str(source)
+    assert baked_dir.parent == tmp_path / "models" and (baked_dir / "model.safetensors").is_file()
+    assert secret not in manifest.read_text()
+
+    settings = Settings(baked_model_manifest=manifest, embedded_model_dir=tmp_path / "unused")
+    environ: dict[str, str] = {}
+    environment.prepare(settings, environ)
+    assert environ["HF_HUB_OFFLINE"] == "1"
+    args = engine_config(settings, {}).args
+    assert args.model == str(baked_dir) and args.served_model_name == [str(source)]
+    assert engine_config(settings, {"MODEL_NAME": "org/other"}).args.model == "org/other"
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"input": {"openai_route": "/v1/models"}}))
+    run = subprocess.run(
+        [sys.executable, "-m", "handler", "run", "--input", str(job)], cwd=ROOT,
+        env={**os.environ, "BAKED_MODEL_MANIFEST": str(manifest), "EMBEDDED_MODEL_DIR": str(tmp_path / "unused")},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    output = json.loads(run.stdout.split("[output] ", 1)[1])["output"][0]
+    assert output["data"][0]["id"] == str(source)
+    assert output["data"][0]["root"] == str(baked_dir)
+    assert not (tmp_path / "unused").exists(), "the embedded model was not prepared"
+
+
+def test_docker_image_builds_and_answers(tmp_path):
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure means no engine here
+        pytest.skip(f"no Docker engine answers ({type(error).__name__}: {error}); the image is linted by hadolint instead")
+    image, _ = client.images.build(path=str(ROOT), tag="vllm-worker:test", rm=True)
+    output = client.containers.run(
+        image.id, ["run"], device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
+        remove=True, stdout=True, stderr=False,
+    ).decode()
+    assert "Paris" in output
