@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     run = commands.add_parser("run", help="run one job and print its stream and output")
     run.add_argument("--input", default="test_input.json", help="job file (default: test_input.json)")
+    run.add_argument("--timings", action="store_true",
+                     help="print seconds since process start at imports, engine ready, first item")
     commands.add_parser("prepare", help="prepare the embedded default model")
     sizing = commands.add_parser("plan", help="how many GPUs a model needs (reads its config.json)")
     sizing.add_argument("model", help="a local model directory or a Hugging Face hub id")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         # stdout carries the job's stream and output; vLLM's own logs go to stderr.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        return asyncio.run(run_one(Path(args.input)))
+        return asyncio.run(run_one(Path(args.input), timings=args.timings))
     if args.command == "prepare":
         return prepare_model()
     if args.command == "plan":
@@ -165,13 +168,21 @@ def prepare_model() -> int:
     return 0
 
 
-async def run_one(path: Path) -> int:
+def since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+async def run_one(path: Path, *, timings: bool = False) -> int:
     try:
         job: Any = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         print(f"cannot read the job file {path}: {error}", file=sys.stderr)
         return 2
+    marks: dict[str, float] = {}
     settings, config, Engine, Worker = _boot_objects()
+    marks["imports"] = since_process_start()
     failures: list[str] = []
     engine = Engine(settings, config=config, on_fatal=failures.append)
     worker = Worker(engine)
@@ -184,13 +195,24 @@ async def run_one(path: Path) -> int:
                 print(f"[error] {item['error']}", flush=True)
                 status = 1
                 break
+            if not output:
+                marks["first_item"] = since_process_start()
+                if engine.ready is not None:
+                    marks["engine_ready"] = marks["first_item"] - _since_ready(engine)
             print(f"[stream] {json.dumps(item)}", flush=True)
             output.append(item)
         else:
             print(f"[output] {json.dumps({'status': 'COMPLETED', 'output': output})}", flush=True)
     finally:
+        if timings:
+            print(f"[timings] {json.dumps(marks)}", flush=True)
         await engine.shutdown()
     return status
+
+
+def _since_ready(engine: Any) -> float:
+    """Seconds since the engine finished booting."""
+    return time.perf_counter() - engine.ready.ready_at
 
 
 if __name__ == "__main__":

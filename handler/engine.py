@@ -103,6 +103,7 @@ class Ready:
     args: Namespace
     served_model: str
     boot_seconds: float
+    ready_at: float  # time.perf_counter() when the boot finished
 
 
 def exit_process(reason: str) -> None:
@@ -185,7 +186,8 @@ class Engine:
         self._lifespan = app.router.lifespan_context(app)
         await self._lifespan.__aenter__()
         served = (args.served_model_name or [args.model])[0]
-        self._ready = Ready(llm, app, args, served, time.perf_counter() - began)
+        now = time.perf_counter()
+        self._ready = Ready(llm, app, args, served, now - began, now)
         self._watchdog = asyncio.create_task(self._watch())
         logger.info("engine ready in %.1f s, serving %s", self._ready.boot_seconds, served)
         return self._ready
