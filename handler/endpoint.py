@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .errors import JobError
 from .jobqueue import COMPLETED, FAILED, Job, JobQueue
 
 logger = logging.getLogger(__name__)
@@ -58,16 +59,20 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-async def _body(request: Request) -> dict[str, Any] | JSONResponse:
+class BadRequest(Exception):
+    """The request body is not a JSON object."""
+
+
+async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw:
         return {}
     try:
         body = json.loads(raw)
     except ValueError as exc:
-        return error(400, f"the request body is not valid JSON: {exc}")
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        return error(400, "the request body must be a JSON object")
+        raise BadRequest("the request body must be a JSON object")
     return body
 
 
@@ -96,9 +101,10 @@ class LocalEndpoint:
     # -- native RunPod API ---------------------------------------------------
 
     async def _new_job(self, request: Request) -> Job | JSONResponse:
-        body = await _body(request)
-        if isinstance(body, JSONResponse):
-            return body
+        try:
+            body = await _body(request)
+        except BadRequest as exc:
+            return error(400, str(exc))
         if "input" not in body:
             return error(400, 'the request body needs an "input" field')
         policy = body.get("policy") or {}
@@ -171,12 +177,10 @@ class LocalEndpoint:
     # -- OpenAI ----------------------------------------------------------------
 
     async def openai(self, request: Request) -> Response:
-        body = await _body(request)
-        if isinstance(body, JSONResponse):
-            return JSONResponse(
-                {"error": {"message": body.body.decode(), "type": "BadRequestError", "param": None, "code": 400}},
-                status_code=400,
-            )
+        try:
+            body = await _body(request)
+        except BadRequest as exc:
+            return JSONResponse(JobError(str(exc)).body(), status_code=400)
         job_input: dict[str, Any] = {"openai_route": "/v1/" + request.path_params["path"]}
         if body:
             job_input["openai_input"] = body

@@ -77,41 +77,36 @@ class Worker:
             raise JobError.from_response(response.status, payload)
         return response
 
+    def _batches(self, source: Any, urgent_until: Any) -> Any:
+        return batched(
+            source,
+            self.settings.stream_batch_max_events,
+            self.settings.stream_batch_max_ms / 1000,
+            urgent_until=urgent_until,
+        )
+
     async def _openai_output(self, response: asgi.Response) -> AsyncIterator[Any]:
         """An OpenAI answer as job output: batches of whole SSE events as text,
         a JSON object, or text for other content types (such as /metrics)."""
-        if response.is_event_stream:
-            batches = batched(
-                sse_events(response),
-                self.settings.stream_batch_max_events,
-                self.settings.stream_batch_max_ms / 1000,
-                urgent_until=carries_text,
-            )
-            try:
-                async for events in batches:
-                    yield "".join(events)
-            finally:
-                await batches.aclose()
+        if not response.is_event_stream:
+            payload = await response.read()
+            yield json.loads(payload) if response.is_json else payload.decode("utf-8", "replace")
             return
-        payload = await response.read()
-        if response.is_json:
-            yield json.loads(payload)
-        else:
-            yield payload.decode("utf-8", "replace")
+        batches = self._batches(sse_events(response), carries_text)
+        try:
+            async for events in batches:
+                yield "".join(events)
+        finally:
+            await batches.aclose()
+            await response.aclose()
 
     async def _native_stream(self, response: asgi.Response) -> AsyncIterator[dict[str, Any]]:
         deltas = native.stream_deltas(sse_events(response))
-        batches = batched(
-            deltas,
-            self.settings.stream_batch_max_events,
-            self.settings.stream_batch_max_ms / 1000,
-            urgent_until=lambda delta: any(any(c["tokens"]) for c in delta["choices"]),
-        )
+        batches = self._batches(deltas, lambda delta: any(any(c["tokens"]) for c in delta["choices"]))
         try:
             async for group in batches:
-                item = native.merge(group)
-                if item["choices"] or group[-1]["usage"]:
-                    yield item
+                yield native.merge(group)
         finally:
             await batches.aclose()
+            await response.aclose()
         self.engine.check_alive()

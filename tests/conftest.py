@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
+from contextlib import asynccontextmanager
 from typing import Any
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import uvicorn  # noqa: E402
 
 from handler.engine import Engine  # noqa: E402
 from handler.settings import Settings  # noqa: E402
@@ -58,3 +62,20 @@ def native_text(items: list[Any], index: int = 0) -> str:
         if choice["index"] == index
         for token in choice["tokens"]
     )
+
+
+@asynccontextmanager
+async def serving(app):
+    """Serve an ASGI app on a free loopback port in this event loop."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import time
 from contextlib import asynccontextmanager
 
@@ -13,12 +12,11 @@ import httpx
 import openai
 import pytest
 import runpod
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from conftest import CAPITAL, GREEDY, native_text
+from conftest import CAPITAL, GREEDY, native_text, serving
 
 from handler.endpoint import LocalEndpoint
 from handler.jobqueue import JobQueue
@@ -27,23 +25,6 @@ from handler.worker import Worker
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LONG = {"messages": CAPITAL, "sampling_params": {"max_tokens": 4000, "ignore_eos": True}, "stream": True}
-
-
-@asynccontextmanager
-async def serving(app):
-    """Serve an ASGI app on a free loopback port in this event loop."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @asynccontextmanager

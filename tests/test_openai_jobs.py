@@ -158,6 +158,17 @@ async def _unfinished(engine) -> int:
     return engine.ready.llm.get_num_unfinished_requests()
 
 
+async def _cancel_and_expect_idle(engine, task) -> None:
+    """Cancel the job's task; within 1 s the engine has nothing left to do."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 1.0
+    while await _unfinished(engine) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert await _unfinished(engine) == 0
+
+
 async def test_cancelling_a_long_stream_aborts_the_generation(engine, worker):
     job = chat(stream=True, max_tokens=4000, ignore_eos=True)
     first = asyncio.Event()
@@ -169,13 +180,7 @@ async def test_cancelling_a_long_stream_aborts_the_generation(engine, worker):
     task = asyncio.create_task(consume())
     await asyncio.wait_for(first.wait(), 60)
     assert await _unfinished(engine) == 1
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    deadline = time.monotonic() + 1.0
-    while await _unfinished(engine) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert await _unfinished(engine) == 0
+    await _cancel_and_expect_idle(engine, task)
 
 
 async def test_cancelling_a_waiting_non_streamed_job_aborts_it(engine, worker):
@@ -184,13 +189,7 @@ async def test_cancelling_a_waiting_non_streamed_job_aborts_it(engine, worker):
     deadline = time.monotonic() + 30
     while not await _unfinished(engine) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    deadline = time.monotonic() + 1.0
-    while await _unfinished(engine) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert await _unfinished(engine) == 0
+    await _cancel_and_expect_idle(engine, task)
 
 
 async def test_sixteen_concurrent_mixed_jobs(worker):

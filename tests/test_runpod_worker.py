@@ -1,0 +1,135 @@
+"""The production entrypoint (`python -m handler`) under the real runpod SDK's
+job loop, against a stand-in for RunPod's job API on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from conftest import CAPITAL, GREEDY, native_text, serving
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class FakeRunPod:
+    """RunPod's worker-facing API as runpod 1.10 calls it: job-take, job-stop,
+    job-stream and job-done."""
+
+    def __init__(self) -> None:
+        self.queue: list[dict] = []
+        self.stop: list[str] = []
+        self.streamed: dict[str, list] = {}
+        self.done: dict[str, dict] = {}
+
+    async def take(self, request: Request) -> Response:
+        """job-take (one job) and job-take-batch (up to batch_size, as a list)."""
+        if not self.queue:
+            await asyncio.sleep(0.05)
+            return Response(status_code=204)
+        if "batch_size" not in request.query_params:
+            return JSONResponse(self.queue.pop(0))
+        count = int(request.query_params["batch_size"])
+        jobs, self.queue = self.queue[:count], self.queue[count:]
+        return JSONResponse(jobs)
+
+    async def stop_poll(self, request: Request) -> Response:
+        await asyncio.sleep(0.1)
+        if not self.stop:
+            return Response(status_code=204)
+        ids, self.stop = self.stop, []
+        return JSONResponse({"jobsToStop": ids})
+
+    async def stream(self, request: Request) -> Response:
+        self.streamed.setdefault(request.path_params["job_id"], []).append(json.loads(await request.body()))
+        return JSONResponse({})
+
+    async def finish(self, request: Request) -> Response:
+        self.done[request.path_params["job_id"]] = json.loads(await request.body())
+        return JSONResponse({})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/v2/job-take/{worker}", self.take),
+            Route("/v2/job-take-batch/{worker}", self.take),
+            Route("/v2/job-stop/{worker}", self.stop_poll),
+            Route("/v2/job-stream/{worker}/{job_id}", self.stream, methods=["POST"]),
+            Route("/v2/job-done/{worker}/{job_id}", self.finish, methods=["POST"]),
+        ])
+
+
+async def wait_for(predicate, timeout: float) -> None:
+    """Poll until ``predicate()``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
+    platform = FakeRunPod()
+    log = tmp_path / "worker.log"
+    async with serving(platform.app()) as url:
+        env = {
+            **os.environ,
+            "RUNPOD_POD_ID": "worker-1",
+            "RUNPOD_AI_API_KEY": "test",
+            "RUNPOD_WEBHOOK_GET_JOB": f"{url}/v2/job-take/$ID?gpu=test",
+            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{url}/v2/job-done/$RUNPOD_POD_ID/$ID?gpu=test",
+            "RUNPOD_WEBHOOK_POST_STREAM": f"{url}/v2/job-stream/$RUNPOD_POD_ID/$ID?gpu=test",
+            "MAX_CONCURRENCY": "4",
+            "STREAM_BATCH_MAX_EVENTS": "4",
+        }
+        platform.queue += [
+            {"id": "native", "input": {"messages": CAPITAL, "sampling_params": GREEDY, "stream": True}},
+            {"id": "openai", "input": {"openai_route": "/v1/chat/completions", "openai_input": {
+                "model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32}}},
+            {"id": "bad", "input": {"prompt": 5}},
+            {"id": "long", "input": {"prompt": "1,", "sampling_params": {"max_tokens": 4000, "ignore_eos": True},
+                                     "stream": True}},
+        ]
+        with log.open("w") as log_file:  # a file, not a pipe: the SDK logs a lot
+            worker = subprocess.Popen([sys.executable, "-m", "handler"], cwd=ROOT, env=env,
+                                      stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            await wait_for(lambda: {"native", "openai", "bad"} <= set(platform.done), 240)
+            await wait_for(lambda: len(platform.streamed.get("long", [])) >= 2, 60)
+            platform.stop.append("long")  # RunPod's per-job stop (a cancel or a timeout)
+            await asyncio.sleep(2)
+            seen = len(platform.streamed["long"])
+            await asyncio.sleep(2)
+            assert len(platform.streamed["long"]) == seen, "the stopped job streams no more"
+            assert "long" not in platform.done
+            platform.queue.append({"id": "after", "input": {"prompt": "1, 2, 3,", "sampling_params":
+                                   {"temperature": 0, "max_tokens": 8}}})
+            await wait_for(lambda: "after" in platform.done, 60)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    output = log.read_text()
+
+    native = platform.done["native"]
+    streamed = [post["output"] for post in platform.streamed["native"]]
+    assert len(streamed) >= 2 and native["output"] == streamed, "output aggregates the stream"
+    assert "Paris" in native_text(streamed)
+    [answer] = platform.done["openai"]["output"]
+    assert "Paris" in answer["choices"][0]["message"]["content"]
+    error = json.loads(platform.done["bad"]["error"])["error"]
+    assert error["code"] == 400 and "input.prompt" in error["message"]
+    assert native_text(platform.done["after"]["output"]).startswith(" 4, 5")
+    assert "Traceback" not in output
