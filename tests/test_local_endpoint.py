@@ -244,3 +244,30 @@ async def test_webhook_receives_the_finished_job(server):
     [payload] = received
     assert payload["id"] == job["id"] and payload["status"] == "COMPLETED"
     assert "Paris" in native_text(payload["output"])
+
+
+async def test_execution_timeout_and_purge_queue(engine):
+    worker = Worker(engine, Settings(max_concurrency=1))
+    async with local_endpoint(worker) as (url, queue):
+        async with httpx.AsyncClient(base_url=f"{url}/v2/local", timeout=60) as http:
+            slow = (await http.post("/run", json={"input": LONG, "policy": {"executionTimeout": 1500}})).json()
+            queued = [(await http.post("/run", json={"input": {"prompt": "hi"}})).json() for _ in range(3)]
+            assert (await http.get("/health")).json()["jobs"]["inQueue"] == 3
+            assert (await http.post("/purge-queue")).json() == {"removed": 3, "status": "completed"}
+            for job in queued:
+                assert (await http.get(f"/status/{job['id']}")).status_code == 404
+            deadline = time.monotonic() + 30
+            while (status := (await http.get(f"/status/{slow['id']}")).json())["status"] != "TIMED_OUT":
+                assert time.monotonic() < deadline, status
+                await asyncio.sleep(0.1)
+            assert "executionTimeout" in status["error"]
+    deadline = time.monotonic() + 1.0
+    while engine.ready.llm.get_num_unfinished_requests() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert engine.ready.llm.get_num_unfinished_requests() == 0, "the timed-out generation was aborted"
+
+
+async def test_openai_paths_at_the_root_v1(server):
+    url, _ = server
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    assert [m.id for m in (await asyncio.to_thread(sdk.models.list)).data] == [MODEL]

@@ -101,3 +101,11 @@ def test_job_error_keeps_vllms_error_object():
     assert json.loads(error.to_json()) == body
     fastapi = JobError.from_response(422, b'{"detail": [{"loc": ["body", "messages"], "msg": "Field required"}]}')
     assert fastapi.message == "messages: Field required" and fastapi.type == "UnprocessableEntityError"
+
+
+def test_route_normalization():
+    from handler.routes import normalize
+
+    assert normalize("v1/models") == "/v1/models"
+    assert normalize("/openai/v1/chat/completions") == "/v1/chat/completions"
+    assert normalize(" /tokenize ") == "/tokenize"
