@@ -185,13 +185,17 @@ class LocalEndpoint:
         if body:
             job_input["openai_input"] = body
         job = self.queue.submit(Job(input=job_input))
-        if body.get("stream") is True:
-            return StreamingResponse(self._sse(job), media_type="text/event-stream")
+        streamed = body.get("stream") is True
         try:
-            await job.wait_done()
+            # a stream's status line waits for its first events, so that a
+            # request vLLM rejects gets vLLM's status, as from `vllm serve`
+            while not (job.done or (streamed and job.items)):
+                await job.wait_change()
         except asyncio.CancelledError:
             self.queue.cancel(job)
             raise
+        if streamed and job.items:
+            return StreamingResponse(self._sse(job), media_type="text/event-stream")
         return openai_response(job)
 
     async def _sse(self, job: Job) -> AsyncIterator[str]:

@@ -53,17 +53,10 @@ class OpenAIJob(BaseModel):
     openai_route: str = Field(description="The OpenAI path, e.g. /v1/chat/completions.")
     openai_input: dict[str, Any] | None = Field(None, description="The request body.")
 
-    @property
-    def route(self) -> str:
-        return self.openai_route
-
-    @property
-    def body(self) -> dict[str, Any] | None:
-        return self.openai_input or None
-
-    @property
-    def method(self) -> str:
-        return "POST" if self.body else "GET"
+    def request(self) -> tuple[str, str, dict[str, Any] | None]:
+        """(method, route, body) of the HTTP request this job stands for."""
+        body = self.openai_input or None
+        return ("POST" if body else "GET"), self.openai_route, body
 
 
 class RouteJob(BaseModel):
@@ -75,9 +68,9 @@ class RouteJob(BaseModel):
     body: dict[str, Any] | None = None
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] | None = None
 
-    @property
-    def http_method(self) -> str:
-        return self.method or ("POST" if self.body else "GET")
+    def request(self) -> tuple[str, str, dict[str, Any] | None]:
+        """(method, route, body); without a method, a body means POST."""
+        return self.method or ("POST" if self.body else "GET"), self.route, self.body
 
 
 Job = Union[NativeJob, OpenAIJob, RouteJob]

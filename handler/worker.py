@@ -60,10 +60,7 @@ class Worker:
             else:
                 yield native.from_response(json.loads(await response.read()))
             return
-        if isinstance(parsed, jobs.OpenAIJob):
-            method, route, body = parsed.method, parsed.route, parsed.body
-        else:
-            method, route, body = parsed.http_method, parsed.route, parsed.body
+        method, route, body = parsed.request()
         path = routes.resolve(ready.app, method, route)
         response = await self._call(method, path, body)
         async for item in self._openai_output(response):

@@ -88,6 +88,8 @@ async def test_openai_sdk_chat_completions_models_and_errors(server):
     with pytest.raises(openai.NotFoundError) as raised:
         await asyncio.to_thread(sdk.chat.completions.create, model="gpt-4", messages=CAPITAL)
     assert "gpt-4" in raised.value.message
+    with pytest.raises(openai.NotFoundError):  # streamed: the same status, as from vllm serve
+        await asyncio.to_thread(sdk.chat.completions.create, model="gpt-4", messages=CAPITAL, stream=True)
 
     root = openai.OpenAI(base_url=f"{url}/openai/v1", api_key="x", max_retries=0)
     assert [m.id for m in (await asyncio.to_thread(root.models.list)).data] == [MODEL]

@@ -14,10 +14,11 @@ from handler.streaming import batched, carries_text, sse_events
 
 def test_job_shapes():
     assert isinstance(jobs.parse({"prompt": "x"}), jobs.NativeJob)
-    assert jobs.parse({"openai_route": "/v1/models"}).method == "GET"
-    assert jobs.parse({"openai_route": "/v1/models", "openai_input": {}}).method == "GET"
-    assert jobs.parse({"openai_route": "/v1/completions", "openai_input": {"a": 1}}).method == "POST"
-    assert jobs.parse({"route": "/v1/models", "body": {"a": 1}}).http_method == "POST"
+    assert jobs.parse({"openai_route": "/v1/models"}).request() == ("GET", "/v1/models", None)
+    assert jobs.parse({"openai_route": "/v1/models", "openai_input": {}}).request()[0] == "GET"
+    assert jobs.parse({"openai_route": "/v1/completions", "openai_input": {"a": 1}}).request()[0] == "POST"
+    assert jobs.parse({"route": "/v1/models", "body": {"a": 1}}).request()[0] == "POST"
+    assert jobs.parse({"route": "/v1/models", "method": "DELETE"}).request()[0] == "DELETE"
 
 
 @pytest.mark.parametrize(
