@@ -9,8 +9,11 @@ exits non-zero so RunPod replaces it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import signal
+import threading
 import time
 from argparse import Namespace
 from collections.abc import Callable, Mapping
@@ -103,7 +106,6 @@ class Ready:
     args: Namespace
     served_model: str
     boot_seconds: float
-    ready_at: float  # time.perf_counter() when the boot finished
 
 
 def exit_process(reason: str) -> None:
@@ -128,6 +130,7 @@ class Engine:
         self._failure: str | None = None
         self._lifespan: Any = None
         self._watchdog: asyncio.Task | None = None
+        self._llm: Any = None
 
     @property
     def ready(self) -> Ready | None:
@@ -154,8 +157,43 @@ class Engine:
             detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
             self._failure = f"the vLLM engine failed to start or died: {detail}"
             loop = asyncio.get_running_loop()
-            loop.call_later(self.settings.fatal_exit_delay_s, self._on_fatal, self._failure)
+            loop.call_later(self.settings.fatal_exit_delay_s, self._fatal, self._failure)
         return self._failure
+
+    def _fatal(self, reason: str) -> None:
+        self._stop_llm()  # os._exit skips atexit: stop vLLM's processes first
+        self._on_fatal(reason)
+
+    def _stop_on_sigterm(self) -> None:
+        """SIGTERM (how RunPod stops a worker) stops vLLM's processes first,
+        then does what it did before. Without this they outlive the worker:
+        the runpod SDK's shutdown does not end the process by itself."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if not (callable(previous) or previous == signal.SIG_DFL):
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            # jobs still running fail with this reason, and the process exits
+            # after FATAL_EXIT_DELAY_S even if the SDK's loop lingers
+            self._fail("the worker received SIGTERM and stopped the engine")
+            self._stop_llm()
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _stop_llm(self) -> None:
+        """Stop vLLM's engine processes. They are not children that die with
+        this process: left running, each holds its KV cache and weights."""
+        if self._llm is not None:
+            atexit.unregister(self._llm.shutdown)
+            self._llm.shutdown()
+            self._llm = None
 
     def check_alive(self) -> None:
         """Raise the engine failure, if the engine has died since boot."""
@@ -177,7 +215,9 @@ class Engine:
             await asyncio.to_thread(check_parallelism, args)
         # Building the engine blocks for the whole model load; a thread keeps
         # the event loop (job polling, the local endpoint) responsive meanwhile.
-        llm = await asyncio.to_thread(_build_llm, args)
+        llm = self._llm = await asyncio.to_thread(_build_llm, args)
+        atexit.register(llm.shutdown)
+        self._stop_on_sigterm()
         _start_background_tasks(llm)
         supported_tasks = await llm.get_supported_tasks()
         app = vi.build_app(args, supported_tasks, llm.model_config)
@@ -186,8 +226,7 @@ class Engine:
         self._lifespan = app.router.lifespan_context(app)
         await self._lifespan.__aenter__()
         served = (args.served_model_name or [args.model])[0]
-        now = time.perf_counter()
-        self._ready = Ready(llm, app, args, served, now - began, now)
+        self._ready = Ready(llm, app, args, served, time.perf_counter() - began)
         self._watchdog = asyncio.create_task(self._watch())
         logger.info("engine ready in %.1f s, serving %s", self._ready.boot_seconds, served)
         return self._ready
@@ -217,9 +256,8 @@ class Engine:
             except Exception:  # noqa: BLE001 - best effort at exit
                 logger.debug("lifespan shutdown failed", exc_info=True)
             self._lifespan = None
-        if self._ready is not None:
-            self._ready.llm.shutdown()
-            self._ready = None
+        self._stop_llm()
+        self._ready = None
 
 
 def _build_llm(args: Namespace) -> Any:

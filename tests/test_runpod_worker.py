@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -116,12 +117,17 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
                                    {"temperature": 0, "max_tokens": 8}}})
             await wait_for(lambda: "after" in platform.done, 60)
         finally:
-            worker.send_signal(signal.SIGTERM)
+            engine_processes = psutil.Process(worker.pid).children(recursive=True)
+            worker.send_signal(signal.SIGTERM)  # how RunPod stops a worker
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
+            _, alive = psutil.wait_procs(engine_processes, timeout=15)
+            for process in alive:
+                process.kill()
     output = log.read_text()
+    assert engine_processes and not alive, f"vLLM processes outlived the worker: {alive}"
 
     native = platform.done["native"]
     streamed = [post["output"] for post in platform.streamed["native"]]
