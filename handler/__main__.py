@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import ConfigError, JobError
 
+logger = logging.getLogger("handler")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # `plan` options; each defaults to the env var the worker would read for it.
 PLAN_OPTIONS = {
@@ -107,6 +108,7 @@ def serve_runpod() -> int:
 
     settings, config, Engine, Worker = _boot_objects()
     worker = Worker(Engine(settings, config=config))
+    _forget_jobs_of_earlier_processes()
     runpod.serverless.start(
         {
             "handler": worker.handle,
@@ -115,6 +117,24 @@ def serve_runpod() -> int:
         }
     )
     return 0
+
+
+def _forget_jobs_of_earlier_processes() -> None:
+    """Empty the runpod SDK's record of jobs in progress.
+
+    The SDK keeps that record in ``.runpod_jobs.pkl`` in the working directory
+    and loads it at import. Entries left by a process that died mid-job (a
+    fatal engine error, a kill) never finish, and runpod 1.10 will not raise
+    its concurrency above 1 while any job is in progress: a restarted worker
+    would wait on them forever without taking a job.
+    """
+    from runpod.serverless.modules.worker_state import JobsProgress
+
+    progress = JobsProgress()
+    if len(progress):
+        logger.warning("forgetting %d job(s) left in progress by an earlier worker process: %s",
+                       len(progress), ", ".join(sorted(str(job) for job in progress)))
+        progress.clear()
 
 
 def serve_local(host: str, port: int, api_key: str | None) -> int:

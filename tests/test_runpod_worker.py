@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from runpod.serverless.modules.worker_state import Job
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -71,20 +73,32 @@ class FakeRunPod:
         ])
 
 
-async def wait_for(predicate, timeout: float) -> None:
-    """Poll until ``predicate()``; fail after ``timeout`` seconds."""
+async def wait_for(predicate, timeout: float, log: Path) -> None:
+    """Poll until ``predicate()``; fail after ``timeout`` seconds, showing the
+    end of the worker's log."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
+        if time.monotonic() > deadline:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            pytest.fail(f"timed out after {timeout} s; the worker's log ends:\n{tail}")
         await asyncio.sleep(0.1)
+
+
+def leave_a_job_in_progress(directory: Path) -> None:
+    """What a worker killed mid-job leaves behind: the runpod SDK's record of
+    its jobs in progress, in the working directory."""
+    with (directory / ".runpod_jobs.pkl").open("wb") as state:
+        pickle.dump({Job(id="lost-in-a-crash")}, state)
 
 
 async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
     platform = FakeRunPod()
     log = tmp_path / "worker.log"
+    leave_a_job_in_progress(tmp_path)
     async with serving(platform.app()) as url:
         env = {
             **os.environ,
+            "PYTHONPATH": str(ROOT),
             "RUNPOD_POD_ID": "worker-1",
             "RUNPOD_AI_API_KEY": "test",
             "RUNPOD_WEBHOOK_GET_JOB": f"{url}/v2/job-take/$ID?gpu=test",
@@ -102,11 +116,11 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
                                      "stream": True}},
         ]
         with log.open("w") as log_file:  # a file, not a pipe: the SDK logs a lot
-            worker = subprocess.Popen([sys.executable, "-m", "handler"], cwd=ROOT, env=env,
+            worker = subprocess.Popen([sys.executable, "-m", "handler"], cwd=tmp_path, env=env,
                                       stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            await wait_for(lambda: {"native", "openai", "bad"} <= set(platform.done), 240)
-            await wait_for(lambda: len(platform.streamed.get("long", [])) >= 2, 60)
+            await wait_for(lambda: {"native", "openai", "bad"} <= set(platform.done), 240, log)
+            await wait_for(lambda: len(platform.streamed.get("long", [])) >= 2, 60, log)
             platform.stop.append("long")  # RunPod's per-job stop (a cancel or a timeout)
             await asyncio.sleep(2)
             seen = len(platform.streamed["long"])
@@ -115,7 +129,7 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
             assert "long" not in platform.done
             platform.queue.append({"id": "after", "input": {"prompt": "1, 2, 3,", "sampling_params":
                                    {"temperature": 0, "max_tokens": 8}}})
-            await wait_for(lambda: "after" in platform.done, 60)
+            await wait_for(lambda: "after" in platform.done, 60, log)
         finally:
             engine_processes = psutil.Process(worker.pid).children(recursive=True)
             worker.send_signal(signal.SIGTERM)  # how RunPod stops a worker
@@ -139,3 +153,4 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
     assert error["code"] == 400 and "input.prompt" in error["message"]
     assert native_text(platform.done["after"]["output"]).startswith(" 4, 5")
     assert "Traceback" not in output
+    assert "forgetting 1 job(s) left in progress by an earlier worker process: lost-in-a-crash" in output
