@@ -60,12 +60,40 @@ def test_hub_defaults_and_options_are_values_vllm_accepts():
                 flags.parse({key: text, **({"TOOL_CALL_PARSER": "hermes"} if key == "ENABLE_AUTO_TOOL_CHOICE" else {})})
 
 
-def test_hub_suits_scale_to_zero_and_keeps_the_token_secret():
+# RunPod's Hub schema (docs.runpod.io/hub/publishing-guide): a field outside
+# it is not read by the Hub, so a setting placed there would silently do nothing.
+HUB_FIELDS = {"title", "description", "type", "category", "iconUrl", "config"}
+HUB_CONFIG_FIELDS = {"runsOn", "containerDiskInGb", "cpuFlavor", "gpuCount", "gpuIds",
+                     "allowedCudaVersions", "presets", "env"}
+HUB_INPUT_FIELDS = {"name", "type", "description", "default", "advanced", "options",
+                    "min", "max", "trueValue", "falseValue", "required"}
+HUB_TESTS_CONFIG_FIELDS = {"gpuTypeId", "gpuCount", "cpuFlavor", "env", "allowedCudaVersions"}
+
+
+def test_hub_files_use_only_fields_of_runpods_schema():
+    assert set(HUB) <= HUB_FIELDS and HUB["type"] == "serverless"
+    assert set(HUB["config"]) <= HUB_CONFIG_FIELDS
+    for entry in HUB["config"]["env"]:
+        assert set(entry) == {"key", "input"}, entry["key"]
+        assert set(entry["input"]) <= HUB_INPUT_FIELDS, entry["key"]
+        assert entry["input"]["type"] in {"string", "number", "boolean", "huggingface"}, entry["key"]
+    assert set(HUB_TESTS["config"]) <= HUB_TESTS_CONFIG_FIELDS
+    for test in HUB_TESTS["tests"]:
+        assert set(test) <= {"name", "input", "timeout"} and isinstance(test["timeout"], int)
+
+
+def test_hub_asks_for_the_token_as_a_secret_and_has_a_smollm2_preset():
     config = HUB["config"]
-    assert config["workersMin"] == 0 and config["idleTimeout"] <= 10
-    token = next(e for e in config["env"] if e["key"] == "HF_TOKEN")
-    assert token["input"].get("secret") is True and "default" not in token["input"]
+    token = next(e for e in config["env"] if e["key"] == "HF_TOKEN")["input"]
+    assert "default" not in token and "{{ RUNPOD_SECRET_" in token["description"]
     assert any(p["defaults"].get("MODEL_NAME") == "HuggingFaceTB/SmolLM2-135M-Instruct" for p in config["presets"])
+
+
+def test_the_hubs_handler_py_starts_the_worker_package():
+    result = subprocess.run([sys.executable, str(ROOT / ".runpod" / "handler.py"), "--help"],
+                            cwd="/", capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout and "plan" in result.stdout
 
 
 def test_hub_tests_are_valid_jobs():
