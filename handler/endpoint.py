@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import secrets
+from http import HTTPStatus
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -273,7 +274,7 @@ def _error_text(job_error: str) -> str:
             return job_error
     except ValueError:
         pass
-    return json.dumps({"error": {"message": job_error, "type": "InternalServerError", "param": None, "code": 500}})
+    return JobError(job_error, status=HTTPStatus.INTERNAL_SERVER_ERROR).to_json()
 
 
 def openai_response(job: Job) -> Response:
