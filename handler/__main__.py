@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--api-key", default=None, help="require this bearer key (or set LOCAL_API_KEY)")
-    if not argv or argv[0].startswith("--rp_"):
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
-        settle_environment()
-        return serve_runpod()
-    args = parser.parse_args(argv)
+    serverless = not argv or argv[0].startswith("--rp_")
+    args = None if serverless else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
-    settle_environment()
+    if serverless or args.command != "plan":  # plan serves nothing: the hub stays as the user has it
+        settle_environment()
+    if serverless:
+        return serve_runpod()
     if args.command == "run":
         # stdout carries the job's stream and output; vLLM's own logs go to stderr.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")

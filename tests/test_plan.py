@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,15 @@ def test_a_multimodal_config_is_sized_from_its_text_config():
     shape = ModelShape.from_config(config)
     assert (shape.layers, shape.heads, shape.kv_heads, shape.head_dim) == (30, 9, 3, 64)
     assert make_plan(config).parameters == make_plan(SMOLLM2_135M).parameters
+
+
+def test_plan_leaves_the_hub_as_the_user_has_it(tmp_path, monkeypatch, capsys):
+    """The worker switches the hub off when it serves a local model; `plan`
+    serves nothing, so a hub id must stay reachable."""
+    from handler.__main__ import main
+
+    for name in ("MODEL", "MODEL_NAME", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["plan", str(write_model(tmp_path / "m", SMOLLM2_135M)), "--max-model-len", "4096"]) == 0
+    assert "Recommended: 1 x 24 GB" in capsys.readouterr().out
+    assert "HF_HUB_OFFLINE" not in os.environ
