@@ -33,6 +33,8 @@ PLAN_OPTIONS = {
     "--quantization": ("QUANTIZATION", "quantization method (default: from the model's config)"),
     "--kv-cache-dtype": ("KV_CACHE_DTYPE", "KV cache dtype (default: auto)"),
     "--gpu-memory-utilization": ("GPU_MEMORY_UTILIZATION", "share of each GPU vLLM may use (default: 0.9)"),
+    "--prices": ("PLAN_PRICES", "JSON file mapping RunPod GPU pools to USD per GPU-second "
+                 "(default: the dated table in handler/gpu_prices.json)"),
 }
 
 
@@ -162,6 +164,7 @@ def print_plan(args: argparse.Namespace) -> int:
             kv_cache_dtype=args.kv_cache_dtype or "auto",
             max_model_len=int(args.max_model_len) if args.max_model_len else None,
             gpu_memory_utilization=float(args.gpu_memory_utilization or 0.9),
+            prices=plan.load_prices(args.prices),
         )
     except (plan.PlanError, ValueError) as error:
         print(f"plan: {error}", file=sys.stderr)

@@ -1,9 +1,13 @@
 """GPU sizing for a model: ``python -m handler plan MODEL``.
 
 Reads a model's ``config.json`` (a local directory or a Hugging Face hub id),
-estimates weight, KV cache and runtime memory for a llama-like decoder, and picks
-the GPU count and TENSOR_PARALLEL_SIZE per card size. An estimate, not a promise:
-vision towers, MLA attention and other exotic layers are not modelled.
+estimates weight, KV cache and runtime memory for a llama-like decoder (MoE
+experts and MLA attention from their config numbers), finds the GPU count and
+TENSOR_PARALLEL_SIZE per RunPod GPU pool, prices each with RunPod's Serverless
+rates (``gpu_prices.json``, dated) and recommends the cheapest that fits. When
+nothing fits one 8-GPU worker it prints the ways out: FP8 or INT4 weights, or
+several nodes. An estimate, not a promise: vision towers and other exotic
+layers are not modelled.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 GB = 1e9
-CARD_SIZES_GB = (24, 48, 80, 141, 180)
 GPU_COUNTS = (1, 2, 4, 8)
+MAX_NODES = 16
+QUANTIZED_WAYS_OUT = {"FP8": "fp8", "INT4": "awq"}  # sizes plan offers when nothing fits
+PRICES_FILE = Path(__file__).with_name("gpu_prices.json")
 OVERHEAD_FRACTION = 0.10
 QUANT_SCALE_OVERHEAD = 1.03
 FOUR_BIT_METHODS = ("awq", "gptq", "bitsandbytes", "marlin", "awq_marlin", "gptq_marlin")
@@ -26,6 +32,57 @@ INDEX_FILE = "model.safetensors.index.json"
 
 class PlanError(Exception):
     """The model cannot be sized; the message is one line saying why."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One RunPod GPU pool: its card size and its price per GPU-second."""
+
+    card_gb: int
+    gpus: str  # RunPod's name for the pool, e.g. "A6000, A40"
+    usd_per_gpu_second: float | None
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """RunPod's Serverless flex prices, with the date they were read and where."""
+
+    pools: tuple[Pool, ...]
+    as_of: str
+    source: str
+    override: str | None = None
+
+    @property
+    def card_sizes(self) -> list[int]:
+        return sorted({pool.card_gb for pool in self.pools})
+
+
+def load_prices(override: str | None = None) -> PriceTable:
+    """The built-in table, with the prices of an override file (pool name -> $/GPU-second) applied."""
+    table = json.loads(PRICES_FILE.read_text())
+    prices = PriceTable(
+        pools=tuple(Pool(row["card_gb"], row["gpus"], row["usd_per_gpu_second"]) for row in table["pools"]),
+        as_of=table["as_of"],
+        source=table["source"],
+    )
+    return _apply_override(prices, Path(override)) if override else prices
+
+
+def _apply_override(prices: PriceTable, path: Path) -> PriceTable:
+    try:
+        override = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PlanError(f"cannot read the prices file {path}: {error}") from error
+    names = [pool.gpus for pool in prices.pools]
+    if not isinstance(override, dict):
+        raise PlanError(f"the prices file {path} must be a JSON object mapping a RunPod GPU pool to USD per GPU-second")
+    for name, price in override.items():
+        if name not in names:
+            raise PlanError(f"the prices file {path} names an unknown GPU pool {name!r}; pools: {', '.join(names)}")
+        if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price <= 0):
+            raise PlanError(f"the prices file {path}: {name!r} must be a positive number of USD per GPU-second, or null")
+    pools = tuple(Pool(pool.card_gb, pool.gpus, override.get(pool.gpus, pool.usd_per_gpu_second)) for pool in prices.pools)
+    return PriceTable(pools, prices.as_of, prices.source, override=str(path))
 
 
 def load_config(model: str, revision: str | None = None, token: str | None = None) -> dict:
@@ -86,6 +143,9 @@ class ModelShape:
     tie_word_embeddings: bool = False
     num_experts: int = 0
     expert_intermediate_size: int | None = None
+    shared_experts: int = 0
+    dense_layers: int = 0  # leading layers with a dense MLP in a MoE model (first_k_dense_replace)
+    mla: LatentAttention | None = None
     max_position_embeddings: int | None = None
     torch_dtype: str | None = None
     quantization_config: dict | None = None
@@ -96,21 +156,66 @@ class ModelShape:
         lm = _language_model_section(config)
         heads = _required(lm, "num_attention_heads")
         hidden = _required(lm, "hidden_size")
+        layers = _required(lm, "num_hidden_layers")
+        head_dim = int(lm.get("head_dim") or hidden // heads)
+        experts = _num_experts(lm)
         return cls(
-            layers=_required(lm, "num_hidden_layers"),
+            layers=layers,
             hidden_size=hidden,
             heads=heads,
             kv_heads=int(lm.get("num_key_value_heads") or heads),
-            head_dim=int(lm.get("head_dim") or hidden // heads),
+            head_dim=head_dim,
             intermediate_size=_required(lm, "intermediate_size"),
             vocab_size=_required(lm, "vocab_size"),
             tie_word_embeddings=bool(_either(config, lm, "tie_word_embeddings", False)),
-            num_experts=_num_experts(lm),
+            num_experts=experts,
             expert_intermediate_size=lm.get("moe_intermediate_size"),
+            shared_experts=int(lm.get("n_shared_experts") or 0) if experts else 0,
+            dense_layers=min(int(lm.get("first_k_dense_replace") or 0), layers) if experts else 0,
+            mla=LatentAttention.from_section(lm, head_dim),
             max_position_embeddings=lm.get("max_position_embeddings"),
             torch_dtype=_either(config, lm, "torch_dtype", None) or _either(config, lm, "dtype", None),
             quantization_config=_either(config, lm, "quantization_config", None),
         )
+
+
+@dataclass
+class LatentAttention:
+    """Multi-head latent attention (DeepSeek-V2/V3/R1): low-rank Q and KV projections.
+
+    vLLM caches one latent vector of ``kv_lora_rank + qk_rope_head_dim`` per
+    layer and token, and keeps all of it on every GPU of a tensor-parallel group.
+    """
+
+    kv_lora_rank: int
+    q_lora_rank: int | None
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    @classmethod
+    def from_section(cls, lm: dict, head_dim: int) -> LatentAttention | None:
+        if not lm.get("kv_lora_rank"):
+            return None
+        return cls(
+            kv_lora_rank=int(lm["kv_lora_rank"]),
+            q_lora_rank=int(lm["q_lora_rank"]) if lm.get("q_lora_rank") else None,
+            qk_nope_head_dim=int(lm.get("qk_nope_head_dim") or head_dim),
+            qk_rope_head_dim=int(lm.get("qk_rope_head_dim") or 0),
+            v_head_dim=int(lm.get("v_head_dim") or head_dim),
+        )
+
+    @property
+    def latent_width(self) -> int:
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    def parameters(self, hidden: int, heads: int) -> int:
+        """Q (direct or through q_lora_rank), the KV down and up projections, and the output."""
+        qk_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
+        rank = self.q_lora_rank
+        query = hidden * rank + rank * heads * qk_dim if rank else hidden * heads * qk_dim
+        kv = hidden * self.latent_width + self.kv_lora_rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        return query + kv + heads * self.v_head_dim * hidden
 
 
 def _language_model_section(config: dict) -> dict:
@@ -142,22 +247,27 @@ def _num_experts(section: dict) -> int:
 
 
 def estimate_parameters(shape: ModelShape) -> int:
-    """Parameters of a llama-like decoder: embeddings, attention, gated MLP, norms."""
+    """Parameters of a llama-like decoder: embeddings, attention, gated MLP (or experts), norms."""
     embeddings = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
-    return embeddings + shape.layers * _layer_parameters(shape) + shape.hidden_size
+    attention_and_norms = shape.layers * (_attention_parameters(shape) + 2 * shape.hidden_size)
+    return embeddings + attention_and_norms + _mlp_parameters(shape) + shape.hidden_size
 
 
-def _layer_parameters(shape: ModelShape) -> int:
+def _attention_parameters(shape: ModelShape) -> int:
+    if shape.mla:
+        return shape.mla.parameters(shape.hidden_size, shape.heads)
     hidden, q_width, kv_width = shape.hidden_size, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    attention = 2 * hidden * q_width + 2 * hidden * kv_width
-    return attention + _mlp_parameters(shape) + 2 * hidden
+    return 2 * hidden * q_width + 2 * hidden * kv_width
 
 
 def _mlp_parameters(shape: ModelShape) -> int:
+    """All layers' MLPs: dense, or routed and shared experts plus the router after the dense layers."""
+    dense = 3 * shape.hidden_size * shape.intermediate_size
     if not shape.num_experts:
-        return 3 * shape.hidden_size * shape.intermediate_size
+        return shape.layers * dense
     per_expert = 3 * shape.hidden_size * (shape.expert_intermediate_size or shape.intermediate_size)
-    return shape.num_experts * per_expert + shape.hidden_size * shape.num_experts
+    moe = (shape.num_experts + shape.shared_experts) * per_expert + shape.hidden_size * shape.num_experts
+    return shape.dense_layers * dense + (shape.layers - shape.dense_layers) * moe
 
 
 def weight_bytes_per_param(shape: ModelShape, dtype: str = "auto", quantization: str | None = None) -> tuple[float, str]:
@@ -205,8 +315,10 @@ def _dtype_bytes(shape: ModelShape, dtype: str) -> tuple[float, str]:
 
 
 def kv_bytes_per_token(shape: ModelShape, kv_cache_dtype: str = "auto") -> int:
-    """K and V for every layer and KV head, for one token."""
+    """K and V for every layer and KV head, for one token (the MLA latent for MLA models)."""
     kv_bytes = 1 if kv_cache_dtype.lower().startswith("fp8") else 2
+    if shape.mla:  # one latent vector per layer, no separate V (vLLM's MLA cache)
+        return shape.layers * shape.mla.latent_width * kv_bytes
     return 2 * shape.layers * shape.kv_heads * shape.head_dim * kv_bytes
 
 
@@ -234,11 +346,13 @@ def check_tensor_parallel(config: dict, tensor_parallel_size: int) -> None:
 
 @dataclass
 class CardFit:
-    """The smallest GPU count of one card size that holds the model, or none."""
+    """The smallest GPU count of one RunPod pool that holds the model, or none, and its price."""
 
     card_gb: int
     gpus: int | None
     usable_gb: float
+    pool: str = ""
+    usd_per_gpu_second: float | None = None
 
     @property
     def fits(self) -> bool:
@@ -247,6 +361,28 @@ class CardFit:
     @property
     def total_card_gb(self) -> float:
         return self.gpus * self.card_gb if self.gpus else float("inf")
+
+    @property
+    def usd_per_second(self) -> float | None:
+        """What one worker of this row costs per second, or None (no fit, or no price)."""
+        if self.gpus is None or self.usd_per_gpu_second is None:
+            return None
+        return self.gpus * self.usd_per_gpu_second
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        per_second = self.usd_per_second
+        return None if per_second is None else per_second * 3600
+
+
+@dataclass
+class NodeSplit:
+    """Several 8-GPU nodes of one card size: tensor parallel inside a node, pipeline parallel across."""
+
+    card_gb: int
+    tensor_parallel: int
+    nodes: int | None  # None: more than MAX_NODES
+    usable_gb: float
 
 
 @dataclass
@@ -266,13 +402,24 @@ class Plan:
     overhead_bytes: float
     total_bytes: float
     gpu_memory_utilization: float
+    prices: PriceTable
     cards: list[CardFit] = field(default_factory=list)
+    quantized: dict[str, Plan] = field(default_factory=dict)  # ways out when nothing fits: "FP8", "INT4"
+    node_splits: list[NodeSplit] = field(default_factory=list)
 
     @property
     def recommended(self) -> CardFit | None:
-        """The fitting row with the fewest GB of cards in all (then fewer GPUs)."""
+        """The cheapest fitting row (then fewer GPUs); by fewest GB of cards when no fitting row has a price."""
         fitting = [card for card in self.cards if card.fits]
+        priced = [card for card in fitting if card.usd_per_second is not None]
+        if priced:
+            return min(priced, key=lambda card: (card.usd_per_second, card.gpus, card.card_gb))
         return min(fitting, key=lambda card: (card.total_card_gb, card.gpus), default=None)
+
+    def needed_bytes(self, gpus: int) -> float:
+        """Memory for a tensor-parallel group of this many GPUs: MLA's latent cache is on each of them."""
+        kv = self.kv_bytes * (gpus if self.shape.mla else 1)
+        return (self.weight_bytes + kv) * (1 + OVERHEAD_FRACTION)
 
 
 def make_plan(
@@ -284,8 +431,35 @@ def make_plan(
     max_model_len: int | None = None,
     gpu_memory_utilization: float = 0.9,
     weight_bytes_hint: int | None = None,
+    prices: PriceTable | None = None,
 ) -> Plan:
-    """Size the model for the given serving settings."""
+    """Size the model for the given serving settings, price each RunPod pool, and
+    when nothing fits one worker, size the ways out."""
+    settings = dict(dtype=dtype, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+                    gpu_memory_utilization=gpu_memory_utilization, prices=prices or load_prices())
+    plan = _size(config, quantization=quantization, weight_bytes_hint=weight_bytes_hint, **settings)
+    if plan.recommended is None:
+        plan.quantized = {
+            label: sized
+            for label, method in QUANTIZED_WAYS_OUT.items()
+            if (sized := _size(config, quantization=method, weight_bytes_hint=None, **settings)).bytes_per_param
+            < plan.bytes_per_param
+        }
+        plan.node_splits = [_split_nodes(plan, size) for size in plan.prices.card_sizes]
+    return plan
+
+
+def _size(
+    config: dict,
+    *,
+    dtype: str,
+    quantization: str | None,
+    kv_cache_dtype: str,
+    max_model_len: int | None,
+    gpu_memory_utilization: float,
+    weight_bytes_hint: int | None,
+    prices: PriceTable,
+) -> Plan:
     shape = ModelShape.from_config(config)
     parameters = estimate_parameters(shape)
     per_param, label = weight_bytes_per_param(shape, dtype, quantization)
@@ -294,8 +468,7 @@ def make_plan(
     length = _max_model_len(shape, max_model_len)
     per_token = kv_bytes_per_token(shape, kv_cache_dtype)
     subtotal = weight_bytes + per_token * length
-    total = subtotal * (1 + OVERHEAD_FRACTION)
-    return Plan(
+    plan = Plan(
         shape=shape,
         parameters=parameters,
         bytes_per_param=weight_bytes / parameters if from_index else per_param,
@@ -307,10 +480,12 @@ def make_plan(
         max_model_len=length,
         kv_bytes=float(per_token * length),
         overhead_bytes=subtotal * OVERHEAD_FRACTION,
-        total_bytes=total,
+        total_bytes=subtotal * (1 + OVERHEAD_FRACTION),
         gpu_memory_utilization=gpu_memory_utilization,
-        cards=[_fit_card(size, total, shape, gpu_memory_utilization) for size in CARD_SIZES_GB],
+        prices=prices,
     )
+    plan.cards = [_fit_pool(plan, pool) for pool in prices.pools]
+    return plan
 
 
 def _hint_applies(shape: ModelShape, hint: int | None, per_param: float, quantization: str | None) -> bool:
@@ -328,58 +503,140 @@ def _max_model_len(shape: ModelShape, max_model_len: int | None) -> int:
     return int(length)
 
 
-def _fit_card(card_gb: int, total_bytes: float, shape: ModelShape, utilization: float) -> CardFit:
-    for count in valid_tensor_parallel_sizes(shape.heads, shape.kv_heads):
-        usable = count * card_gb * utilization
-        if total_bytes <= usable * GB:
-            return CardFit(card_gb, count, usable)
-    return CardFit(card_gb, None, max(GPU_COUNTS) * card_gb * utilization)
+def _fit_pool(plan: Plan, pool: Pool) -> CardFit:
+    for count in valid_tensor_parallel_sizes(plan.shape.heads, plan.shape.kv_heads):
+        usable = count * pool.card_gb * plan.gpu_memory_utilization
+        if plan.needed_bytes(count) <= usable * GB:
+            return CardFit(pool.card_gb, count, usable, pool.gpus, pool.usd_per_gpu_second)
+    return CardFit(pool.card_gb, None, max(GPU_COUNTS) * pool.card_gb * plan.gpu_memory_utilization,
+                   pool.gpus, pool.usd_per_gpu_second)
+
+
+def _split_nodes(plan: Plan, card_gb: int) -> NodeSplit:
+    """The fewest nodes of 8 (or the largest valid TENSOR_PARALLEL_SIZE) cards that hold the model."""
+    tensor_parallel = max(valid_tensor_parallel_sizes(plan.shape.heads, plan.shape.kv_heads))
+    for nodes in range(2, MAX_NODES + 1):
+        usable = nodes * tensor_parallel * card_gb * plan.gpu_memory_utilization
+        if plan.needed_bytes(tensor_parallel) <= usable * GB:
+            return NodeSplit(card_gb, tensor_parallel, nodes, usable)
+    return NodeSplit(card_gb, tensor_parallel, None, MAX_NODES * tensor_parallel * card_gb * plan.gpu_memory_utilization)
 
 
 def render(plan: Plan, model_name: str) -> str:
-    """A readable report: shape, memory breakdown, card table, recommendation."""
-    return "\n".join([*_memory_lines(plan, model_name), "", *_table_lines(plan), "", _recommendation(plan)])
+    """A readable report: shape, memory, priced card table, recommendation (or ways out), footnotes."""
+    return "\n".join([
+        *_memory_lines(plan, model_name), "",
+        *_table_lines(plan), "",
+        *_recommendation(plan, model_name), "",
+        *_footnotes(plan),
+    ])
 
 
 def _memory_lines(plan: Plan, model_name: str) -> list[str]:
     shape = plan.shape
-    experts = f", {shape.num_experts} experts" if shape.num_experts else ""
     tied = "tied" if shape.tie_word_embeddings else "untied"
     source = f"{INDEX_FILE}, " if plan.weights_from_index else ""
     kv_label = "fp8" if plan.kv_cache_dtype.lower().startswith("fp8") else "16-bit"
+    if shape.mla:
+        attention = f"{shape.heads} heads (MLA, kv_lora_rank {shape.mla.kv_lora_rank})"
+        kv_label += f", MLA latent of {shape.mla.latent_width} per layer, kept whole on every GPU"
+    else:
+        attention = f"{shape.heads} heads ({shape.kv_heads} KV, head_dim {shape.head_dim})"
     return [
         f"Model: {model_name}",
-        f"Shape: {shape.layers} layers, hidden {shape.hidden_size}, {shape.heads} heads "
-        f"({shape.kv_heads} KV, head_dim {shape.head_dim}), intermediate {shape.intermediate_size}, "
-        f"vocab {shape.vocab_size} ({tied} embeddings){experts}; ~{plan.parameters / 1e9:.2f}B parameters",
+        f"Shape: {shape.layers} layers, hidden {shape.hidden_size}, {attention}, intermediate {shape.intermediate_size}, "
+        f"vocab {shape.vocab_size} ({tied} embeddings){_experts(shape)}; ~{plan.parameters / 1e9:.2f}B parameters",
         f"Weights: {plan.weight_bytes / GB:.2f} GB ({source}{plan.bytes_per_param:.3g} bytes/param, {plan.weight_label})",
         f"KV cache: {plan.kv_bytes_per_token / 1024:.1f} KiB/token ({kv_label}); "
         f"{plan.kv_bytes / GB:.2f} GB for max_model_len {plan.max_model_len}",
         f"Overhead: {plan.overhead_bytes / GB:.2f} GB ({OVERHEAD_FRACTION:.0%} for activations and runtime)",
-        f"Total: {plan.total_bytes / GB:.2f} GB",
+        f"Total: {plan.total_bytes / GB:.2f} GB{' (one copy of the KV cache; the table counts one per GPU)' if shape.mla else ''}",
     ]
 
 
+def _experts(shape: ModelShape) -> str:
+    if not shape.num_experts:
+        return ""
+    shared = f" + {shape.shared_experts} shared" if shape.shared_experts else ""
+    dense = f" (first {shape.dense_layers} layers dense)" if shape.dense_layers else ""
+    return f", {shape.num_experts} experts{shared}{dense}"
+
+
 def _table_lines(plan: Plan) -> list[str]:
-    header = "card GB | GPUs | TENSOR_PARALLEL_SIZE | fits (usable GB)"
-    utilization = f"usable = GPUs x card GB x gpu_memory_utilization {plan.gpu_memory_utilization:g}"
-    return [header, *(_table_row(card) for card in plan.cards), utilization]
+    width = max(len("RunPod GPUs"), *(len(card.pool) for card in plan.cards))
+    header = f"card GB | {'RunPod GPUs':<{width}} | GPUs | fits (usable GB) | $/second | $/hour"
+    utilization = (f"GPUs = TENSOR_PARALLEL_SIZE; usable = GPUs x card GB x gpu_memory_utilization "
+                   f"{plan.gpu_memory_utilization:g}")
+    return [header, *(_table_row(card, width) for card in plan.cards), utilization]
 
 
-def _table_row(card: CardFit) -> str:
+def _table_row(card: CardFit, width: int) -> str:
+    start = f"{card.card_gb:>7} | {card.pool:<{width}} | "
     if not card.fits:
-        return f"{card.card_gb:>7} | {'-':>4} | {'-':>20} | no: cannot fit on one 8-GPU worker ({card.usable_gb:.1f} at most)"
-    return f"{card.card_gb:>7} | {card.gpus:>4} | {card.gpus:>20} | yes ({card.usable_gb:.1f})"
+        return start + f"{'-':>4} | no ({card.usable_gb:.1f} at most on 8 GPUs)"
+    if card.usd_per_second is None:
+        return start + f"{card.gpus:>4} | {'yes (' + format(card.usable_gb, '.1f') + ')':<16} | no price"
+    fits = f"yes ({card.usable_gb:.1f})"
+    return start + f"{card.gpus:>4} | {fits:<16} | {card.usd_per_second:>8.5f} | {card.usd_per_hour:>6.2f}"
 
 
-def _recommendation(plan: Plan) -> str:
+def _recommendation(plan: Plan, model_name: str) -> list[str]:
     best = plan.recommended
-    if best is None:
-        return (
-            f"Recommended: none; {plan.total_bytes / GB:.0f} GB cannot fit on one 8-GPU worker. "
-            "Split it across nodes with PIPELINE_PARALLEL_SIZE (multi-node), or quantize it."
-        )
-    return f"Recommended: {best.gpus} x {best.card_gb} GB, TENSOR_PARALLEL_SIZE={best.gpus}"
+    if best is not None:
+        return [f"Recommended: {_worker(best)}" + ("" if best.usd_per_second is not None else
+                                                   " (no prices for the fitting rows: fewest GB of cards)")]
+    largest = max(plan.cards, key=lambda card: card.usable_gb)
+    return [
+        f"Recommended: none; {plan.needed_bytes(max(GPU_COUNTS)) / GB:.0f} GB does not fit on one 8-GPU worker "
+        f"(at most {largest.usable_gb:.1f} GB usable, on 8 x {largest.card_gb} GB).",
+        "Ways out:",
+        *(_quantized_line(label, sized) for label, sized in plan.quantized.items()),
+        *_node_lines(plan, model_name),
+    ]
+
+
+def _worker(card: CardFit) -> str:
+    price = f", ${card.usd_per_hour:.2f}/hour" if card.usd_per_hour is not None else ""
+    return f"{card.gpus} x {card.card_gb} GB ({card.pool}), TENSOR_PARALLEL_SIZE={card.gpus}{price}"
+
+
+def _quantized_line(label: str, sized: Plan) -> str:
+    best = sized.recommended
+    fit = _worker(best) if best else "still too big for one 8-GPU worker"
+    kind = "an FP8 checkpoint" if label == "FP8" else "a 4-bit AWQ or GPTQ checkpoint"
+    return (f"- {label} weights ({sized.bytes_per_param:.3g} bytes/param), "
+            f"{sized.needed_bytes(max(GPU_COUNTS)) / GB:.0f} GB: {fit}.\n"
+            f"  Needs {kind} of this model; plan cannot look on the hub for one.")
+
+
+def _node_lines(plan: Plan, model_name: str) -> list[str]:
+    fitting = [split for split in plan.node_splits if split.nodes]
+    splits = [
+        f"{split.nodes} nodes x {split.tensor_parallel} x {split.card_gb} GB" if split.nodes
+        else f"{split.card_gb} GB: more than {MAX_NODES} nodes"
+        for split in plan.node_splits
+    ]
+    lines = ["- Several nodes (vLLM's Ray backend: tensor parallel inside a node, pipeline parallel across nodes):",
+             f"  {'; '.join(splits)}"]
+    if fitting:
+        fewest = min(fitting, key=lambda split: (split.nodes, split.card_gb))
+        lines.append(f"  vllm serve {model_name} --tensor-parallel-size {fewest.tensor_parallel} "
+                     f"--pipeline-parallel-size {fewest.nodes} --distributed-executor-backend ray")
+    lines.append("  A serverless worker is one machine: this needs RunPod Instant Clusters and a Ray cluster\n"
+                 "  (README: \"When a model outgrows one worker\").")
+    return lines
+
+
+def _footnotes(plan: Plan) -> list[str]:
+    prices = plan.prices
+    override = f", overridden by {prices.override}" if prices.override else ""
+    return [
+        f"Prices: RunPod Serverless flex workers, $ per GPU-second x GPUs, as of {prices.as_of}{override}",
+        f"  ({prices.source}; --prices FILE or PLAN_PRICES to override). Idle time and storage cost extra.",
+        "No $ per million output tokens: tokens per second depend on the card, the batch and the prompt and",
+        "  output lengths, and plan has no measured figure to state; divide $/hour by the tokens per hour you measure.",
+        "Sizes are estimates from config.json, not measurements.",
+    ]
 
 
 def plan_for(model: str, *, revision: str | None = None, token: str | None = None, **plan_kwargs: Any) -> str:
