@@ -3,6 +3,9 @@
 #   make test   - the test suite (boots the same engine once)
 #   make serve  - a local RunPod endpoint (and /openai/v1) on 127.0.0.1:8000
 VENV   := .venv
+# The interpreter .venv is made from: `PYTHON=python3.12 make run` (read before
+# PYTHON names the venv's own below).
+BASE_PYTHON := $(or $(PYTHON),python3)
 PYTHON := $(VENV)/bin/python
 # vLLM on CPU sizes its KV cache from this (GiB); 2 is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
@@ -10,7 +13,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 .PHONY: setup model run test serve bench clean
 
 setup:
-	@bash builder/setup_venv.sh
+	@PYTHON="$(BASE_PYTHON)" bash builder/setup_venv.sh
 
 model: setup
 	@$(PYTHON) -m handler prepare

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.__main__ import main  # noqa: E402
+from handler.__main__ import cli  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import ConfigError, JobError
 
@@ -236,5 +237,35 @@ async def run_one(path: Path, *, timings: bool = False) -> int:
     return status
 
 
+def exit_cleanly(status: int | str | None) -> NoReturn:
+    """End the process once the command has finished and shut its engine down.
+
+    Interpreter teardown would then only unload native extensions, and those
+    vLLM brings in (triton's nanobind modules) print hundreds of "leaked
+    type/function" reports while it does, after the answer: to a newcomer that
+    reads as a crash. Exit handlers still run (vLLM's included); an exception
+    that escapes ``main`` is not routed here and prints as usual.
+    """
+    if isinstance(status, str):  # SystemExit("message"), as sys.exit prints it
+        print(status, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status or 0)
+
+
+def cli() -> NoReturn:
+    """``python -m handler``: ``main`` and then a clean exit."""
+    try:
+        code: int | str | None = main()
+    except SystemExit as stop:
+        code = stop.code
+    except KeyboardInterrupt:
+        code = 130
+    exit_cleanly(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()

@@ -79,3 +79,21 @@ async def serving(app):
     finally:
         server.should_exit = True
         await task
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process once pytest has reported and cleaned up, as
+    ``python -m handler`` does (``exit_cleanly``): interpreter teardown would
+    only print native extensions' "leaked" reports after the summary."""
+    from handler.__main__ import exit_cleanly
+
+    exit_cleanly(_exit_status)
