@@ -49,12 +49,17 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
     config = flags.parse(environ, defaults=defaults)
     args = config.args
     baked = environment.baked_model(settings, dict(environ))
+    cached = environment.cached_model(settings, environ) if baked is None else None
     if baked is not None:
         # served from the image's disk under the name it was baked from
         args.model = baked.path
         args.served_model_name = args.served_model_name or [baked.name]
         args.tokenizer = args.tokenizer or baked.tokenizer
         args.quantization = args.quantization or baked.quantization
+    elif cached is not None and args.model == cached.name:
+        # RunPod's model cache (or the user's HF cache) holds it: no hub call
+        args.model = cached.path
+        args.served_model_name = args.served_model_name or [cached.name]
     elif uses_embedded_model(args, settings) and not args.served_model_name:
         args.served_model_name = [EMBEDDED_SERVED_NAME]
     if os.path.isdir(args.model):

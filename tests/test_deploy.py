@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,11 +32,48 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_pins_the_vllm_version_ci_tests_with():
-    import vllm
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each Dockerfile line, continuations joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split()[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in lines if line and not line.startswith("#")]
 
-    assert f"ARG VLLM_VERSION={vllm.__version__}" in (ROOT / "Dockerfile").read_text()
-    assert "runpod==1.10.0" in (ROOT / "builder" / "requirements.txt").read_text()
+
+def test_dockerfile_layers_run_from_stable_to_volatile():
+    """Dependencies, then the bake, then the code: a code change rebuilds only
+    the last small layer, and a model change does not rerun pip."""
+    steps = dockerfile_instructions()
+    position = {}
+    for index, (instruction, arguments) in enumerate(steps):
+        if instruction == "RUN" and "pip install" in arguments:
+            position.setdefault("pip", index)
+        if instruction == "ARG" and arguments.startswith("MODEL_"):
+            position.setdefault("model_args", index)
+        if instruction == "COPY" and "download_model.py" in arguments:
+            position["bake_copy"] = index
+        if instruction == "RUN" and "download_model.py" in arguments:
+            position["bake"] = index
+        if instruction == "COPY" and arguments.split()[0] == "handler/":
+            position["code"] = index
+    assert position["pip"] < position["model_args"] < position["bake_copy"] < position["bake"] < position["code"], position
+    bake_inputs = [arguments for instruction, arguments in steps[position["pip"] + 1:position["bake"]]
+                   if instruction == "COPY"]
+    assert bake_inputs == ["builder/download_model.py builder/",
+                           "handler/__init__.py handler/embedded_model.py handler/"], bake_inputs
+    assert not [a for i, a in steps[position["bake"] + 1:] if i == "ARG" and a.startswith("MODEL_")]
+
+
+def test_hub_defaults_fit_real_deployments():
+    config = HUB["config"]
+    inputs = {entry["key"]: entry["input"] for entry in config["env"]}
+    assert inputs["MODEL_NAME"]["type"] == "huggingface", "the console's model picker (and RunPod's model cache)"
+    # An 8B model baked in bf16 (~16 GB), the vLLM CUDA image unpacked (~30 GB,
+    # an estimate: no registry is reachable here to measure it) and room for a
+    # same-size model downloaded at run time without a volume (16 GB).
+    assert config["containerDiskInGb"] >= 16 + 30 + 16
+    assert "default" not in inputs["MAX_MODEL_LEN"], "empty means the model's own context"
+    assert flags.parse({"MAX_MODEL_LEN": ""}).args.max_model_len is None
 
 
 def test_every_hub_env_key_is_read_by_the_worker():
@@ -164,16 +202,48 @@ def test_bake_a_local_model_then_serve_it_offline(tmp_path):
     assert not (tmp_path / "unused").exists(), "the embedded model was not prepared"
 
 
-def test_docker_image_builds_and_answers(tmp_path):
+def docker_build_command(tag: str) -> list[str]:
+    """A BuildKit build through the docker CLI: the Dockerfile's
+    ``RUN --mount=type=secret`` needs BuildKit, which the Docker SDK's build
+    (docker/docker-py#2230) does not speak."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI on PATH")
+    buildx = subprocess.run([docker, "buildx", "version"], capture_output=True, text=True)
+    if buildx.returncode == 0:
+        return [docker, "buildx", "build", "--load", "-t", tag, str(ROOT)]
+    return [docker, "build", "-t", tag, str(ROOT)]
+
+
+def has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def test_docker_gpu_image_builds_and_answers():
+    """The image as RunPod runs it: the official vLLM GPU base, the embedded
+    model baked, one job answered. Needs a Docker engine and an NVIDIA GPU."""
     docker = pytest.importorskip("docker")
     try:
         client = docker.from_env()
         client.ping()
     except Exception as error:  # noqa: BLE001 - any failure means no engine here
-        pytest.skip(f"no Docker engine answers ({type(error).__name__}: {error}); the image is linted by hadolint instead")
-    image, _ = client.images.build(path=str(ROOT), tag="vllm-worker:test", rm=True)
-    output = client.containers.run(
-        image.id, ["run"], device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
-        remove=True, stdout=True, stderr=False,
-    ).decode()
-    assert "Paris" in output
+        pytest.skip(f"no Docker engine answers ({type(error).__name__}: {error}); the Dockerfile is linted by hadolint instead")
+    if not has_nvidia_gpu():
+        pytest.skip("no NVIDIA GPU on this host: the GPU image cannot run here")
+    tag = "vllm-worker:gpu-test"
+    build = subprocess.run(docker_build_command(tag), env={**os.environ, "DOCKER_BUILDKIT": "1"},
+                           capture_output=True, text=True, timeout=3600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    container = client.containers.run(
+        tag, ["run"], device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
+        detach=True,
+    )
+    try:
+        status = container.wait(timeout=900)
+        output = container.logs(stdout=True, stderr=False).decode()
+        assert status["StatusCode"] == 0, container.logs().decode()[-3000:]
+        assert "Paris" in output
+    finally:
+        container.remove(force=True)
+        client.images.remove(tag, force=True)
