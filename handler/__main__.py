@@ -5,6 +5,8 @@
   handler and print each streamed item and the final output.
 - ``python -m handler serve [--host H] [--port P] [--api-key K]``: a local
   endpoint with RunPod's API (and ``/openai/v1``) in front of the handler.
+- ``python -m handler playground --endpoint ID | --url BASE``: the chat
+  playground against a RunPod endpoint or any OpenAI-compatible URL.
 - ``python -m handler plan MODEL``: GPU sizing for a model.
 - ``python -m handler prepare``: prepare the embedded default model (once).
 """
@@ -56,10 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--api-key", default=None, help="require this bearer key (or set LOCAL_API_KEY)")
+    playground = commands.add_parser("playground", help="the chat page against a RunPod endpoint or an OpenAI URL")
+    upstream = playground.add_mutually_exclusive_group(required=True)
+    upstream.add_argument("--endpoint", metavar="ENDPOINT_ID", help="a RunPod endpoint (its /openai/v1; needs RUNPOD_API_KEY)")
+    upstream.add_argument("--url", metavar="BASE_URL",
+                          help="any OpenAI-compatible base URL, e.g. a load-balancing endpoint's https://ID.api.runpod.ai/v1")
+    playground.add_argument("--api-key-env", default="RUNPOD_API_KEY", metavar="NAME",
+                            help="environment variable holding the API key sent upstream (default: RUNPOD_API_KEY)")
+    playground.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    playground.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     serverless = not argv or argv[0].startswith("--rp_")
     args = None if serverless else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
-    if serverless or args.command != "plan":  # plan serves nothing: the hub stays as the user has it
+    if serverless or args.command not in ("plan", "playground"):  # no model here: the hub stays as the user has it
         settle_environment()
     if serverless:
         return serve_runpod()
@@ -73,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_plan(args)
     if args.command == "serve":
         return serve_local(args.host, args.port, args.api_key)
+    if args.command == "playground":
+        return serve_playground(args)
     parser.print_help()
     return 2
 
@@ -149,6 +162,18 @@ def serve_local(host: str, port: int, api_key: str | None) -> int:
         asyncio.run(serve(worker, host, port, api_key or settings.local_api_key))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def serve_playground(args: argparse.Namespace) -> int:
+    from . import playground
+
+    try:
+        target = playground.upstream(args.endpoint, args.url, args.api_key_env)
+    except playground.PlaygroundError as error:
+        print(f"playground: {error}", file=sys.stderr)
+        return 2
+    playground.serve(target, args.host, args.port)
     return 0
 
 

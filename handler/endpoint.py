@@ -10,6 +10,8 @@ Routes, under ``/v2/{endpoint_id}`` (any id):
 - ``/openai/v1/...``: an ``openai_route`` job, answered as a plain HTTP response
   or, for ``"stream": true``, as a real incremental SSE stream. The OpenAI
   paths also work without the ``/v2/{endpoint_id}`` prefix.
+
+The chat playground (playground.py) is served at ``/`` and ``/playground``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import JobError
 from .jobqueue import COMPLETED, FAILED, Job, JobQueue
+from .playground import is_page_path, local_config, page_routes
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +48,15 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 class BearerAuth:
-    """Every request must carry ``Authorization: Bearer <key>`` when a key is set."""
+    """Every request must carry ``Authorization: Bearer <key>`` when a key is
+    set, except for the playground's page and files (the page asks for the key)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.api_key:
+        if scope["type"] == "http" and self.api_key and not is_page_path(scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             if not secrets.compare_digest(given, f"Bearer {self.api_key}"):
                 await error(401, "Unauthorized: send Authorization: Bearer <api key>")(scope, receive, send)
@@ -228,6 +232,7 @@ class LocalEndpoint:
         ]
         openai_methods = ["GET", "POST", "DELETE"]
         routes = [Route("/v2/{endpoint_id}" + r.path, r.endpoint, methods=list(r.methods or ())) for r in native]
+        routes += page_routes(local_config(auth=bool(api_key)))
         for prefix in ("/v2/{endpoint_id}/openai/v1", "/openai/v1", "/v1"):
             routes.append(Route(prefix + "/{path:path}", self.openai, methods=openai_methods))
 
@@ -256,7 +261,7 @@ async def serve(worker: Any, host: str, port: int, api_key: str | None) -> None:
     boot.add_done_callback(lambda task: task.cancelled() or task.exception())
     config = uvicorn.Config(endpoint.app(api_key), host=host, port=port, log_level="info")
     logger.info(
-        "local endpoint on http://%s:%s/v2/local (OpenAI: /v2/local/openai/v1)%s",
+        "local endpoint on http://%s:%s/v2/local (OpenAI: /v2/local/openai/v1, playground: /)%s",
         host, port, ", API key required" if api_key else "",
     )
     try:
