@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -427,11 +428,24 @@ def test_heavy_files_are_vllms_own_non_weight_list():
     assert bake.HEAVY == repo_utils._WEIGHT_FILE_PATTERNS
 
 
+def files_copied_for_the_bake() -> list[str]:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    final_stage = dockerfile[dockerfile.rindex("\nFROM "):]
+    before_bake = final_stage[:final_stage.index("download_model.py --dest")]
+    after_pip = before_bake[before_bake.rindex("pip install"):]
+    names = []
+    for sources in re.findall(r"^COPY (.+) \S+/$", after_pip, re.MULTILINE):
+        names += sources.split()
+    assert "builder/download_model.py" in names, names
+    return names
+
+
 def test_without_model_name_it_needs_only_the_embedded_model_module(tmp_path):
     """The image copies builder/download_model.py and handler/embedded_model.py
-    (nothing else of handler/) before the bake step."""
+    (nothing else of handler/) before the bake step: exactly the files the
+    Dockerfile's COPY lines between its dependencies and the bake name."""
     image = tmp_path / "worker"
-    for name in ["builder/download_model.py", "handler/__init__.py", "handler/embedded_model.py"]:
+    for name in files_copied_for_the_bake():
         (image / name).parent.mkdir(parents=True, exist_ok=True)
         (image / name).write_text((ROOT / name).read_text())
     embedded = Settings.from_env().embedded_model_dir  # already prepared: prepare() returns at once

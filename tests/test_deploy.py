@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from docker_cli import engine_or_reason, find_builder
 from handler import environment, flags, jobs
 from handler.engine import engine_config
 from handler.settings import Settings
@@ -44,6 +45,8 @@ def test_dockerfile_layers_run_from_stable_to_volatile():
     """Dependencies, then the bake, then the code: a code change rebuilds only
     the last small layer, and a model change does not rerun pip."""
     steps = dockerfile_instructions()
+    final = max(index for index, (instruction, _) in enumerate(steps) if instruction == "FROM")
+    steps = steps[final:]  # the stage both variants share
     position = {}
     for index, (instruction, arguments) in enumerate(steps):
         if instruction == "RUN" and "pip install" in arguments:
@@ -60,7 +63,7 @@ def test_dockerfile_layers_run_from_stable_to_volatile():
     bake_inputs = [arguments for instruction, arguments in steps[position["pip"] + 1:position["bake"]]
                    if instruction == "COPY"]
     assert bake_inputs == ["builder/download_model.py builder/",
-                           "handler/__init__.py handler/embedded_model.py handler/"], bake_inputs
+                           "handler/embedded_model.py handler/"], bake_inputs
     assert not [a for i, a in steps[position["bake"] + 1:] if i == "ARG" and a.startswith("MODEL_")]
 
 
@@ -202,19 +205,6 @@ def test_bake_a_local_model_then_serve_it_offline(tmp_path):
     assert not (tmp_path / "unused").exists(), "the embedded model was not prepared"
 
 
-def docker_build_command(tag: str) -> list[str]:
-    """A BuildKit build through the docker CLI: the Dockerfile's
-    ``RUN --mount=type=secret`` needs BuildKit, which the Docker SDK's build
-    (docker/docker-py#2230) does not speak."""
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker CLI on PATH")
-    buildx = subprocess.run([docker, "buildx", "version"], capture_output=True, text=True)
-    if buildx.returncode == 0:
-        return [docker, "buildx", "build", "--load", "-t", tag, str(ROOT)]
-    return [docker, "build", "-t", tag, str(ROOT)]
-
-
 def has_nvidia_gpu() -> bool:
     smi = shutil.which("nvidia-smi")
     return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
@@ -223,16 +213,18 @@ def has_nvidia_gpu() -> bool:
 def test_docker_gpu_image_builds_and_answers():
     """The image as RunPod runs it: the official vLLM GPU base, the embedded
     model baked, one job answered. Needs a Docker engine and an NVIDIA GPU."""
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as error:  # noqa: BLE001 - any failure means no engine here
-        pytest.skip(f"no Docker engine answers ({type(error).__name__}: {error}); the Dockerfile is linted by hadolint instead")
+    import docker
+
+    client, no_engine = engine_or_reason()
+    if client is None:
+        pytest.skip(f"{no_engine}; the Dockerfile is linted by hadolint instead")
     if not has_nvidia_gpu():
         pytest.skip("no NVIDIA GPU on this host: the GPU image cannot run here")
+    builder = find_builder()
+    if builder is None:
+        pytest.skip("no docker CLI here can build with BuildKit")
     tag = "vllm-worker:gpu-test"
-    build = subprocess.run(docker_build_command(tag), env={**os.environ, "DOCKER_BUILDKIT": "1"},
+    build = subprocess.run(builder.command("-t", tag, str(ROOT)), env=builder.env(),
                            capture_output=True, text=True, timeout=3600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     container = client.containers.run(
