@@ -200,7 +200,8 @@ def test_a_code_change_rebuilds_only_the_code_layer(docker_env, cpu_image, reque
     ignored = ["*.pyc", "__pycache__", ".venv", ".git", ".pytest_cache", "tests", "bench", "docs"]
     shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(*ignored), symlinks=True)
     with (context / "handler" / "worker.py").open("a") as code:
-        code.write("# a code change\n")
+        # a change no earlier build has seen, so BuildKit's cache cannot hold it
+        code.write(f"# a code change {time.time_ns()}\n")
     result, seconds = build(builder, context, mirror, scratch)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     log = result.stdout + result.stderr

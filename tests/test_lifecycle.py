@@ -106,7 +106,7 @@ def test_plan_command_on_the_embedded_model():
     model_dir = Settings.from_env().embedded_model_dir
     result = run_handler("plan", str(model_dir), "--max-model-len", "4096", env={})
     assert result.returncode == 0, result.stderr
-    assert "Recommended: 1 x 24 GB, TENSOR_PARALLEL_SIZE=1" in result.stdout
+    assert "Recommended: 1 x 24 GB (L4, A5000, 3090), TENSOR_PARALLEL_SIZE=1, $0.68/hour" in result.stdout
     assert "KV cache: 22.5 KiB/token" in result.stdout
     result = run_handler("plan", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
