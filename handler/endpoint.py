@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 from http import HTTPStatus
 from collections.abc import AsyncIterator
@@ -34,7 +35,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import JobError
 from .jobqueue import COMPLETED, FAILED, Job, JobQueue
+from .jobs import check_json
 from .playground import is_page_path, local_config, page_routes
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +68,55 @@ class BearerAuth:
 
 
 class BadRequest(Exception):
-    """The request body is not a JSON object."""
+    """The request body cannot be read as a job: too large (413), not UTF-8,
+    not JSON, not an object, or nested too deeply (400)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+async def _body(request: Request, limit: int, limit_name: str, max_depth: int) -> dict[str, Any]:
+    """The JSON object a request carries, read up to ``limit`` bytes: a larger
+    body is refused with 413, as RunPod refuses it, before it is all read."""
+    too_large = BadRequest(f"the request body is larger than {limit} bytes ({limit_name})", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise too_large
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the request body is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    try:
+        body = json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise BadRequest(
+            f"the request body nests arrays and objects deeper than {max_depth} levels (MAX_JSON_DEPTH)"
+        ) from None
     except ValueError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    try:  # each field counted as the worker counts a job input
+        for key, value in body.items():
+            check_json(value, max_depth, ("body", key), text=False)
+    except JobError as exc:
+        raise BadRequest(exc.message) from None
     return body
+
+
+def _not_json(constant: str) -> Any:
+    """Python reads NaN and Infinity; JSON (and RunPod) does not."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 async def post_webhook(url: str, payload: dict[str, Any]) -> None:
@@ -95,8 +133,9 @@ async def post_webhook(url: str, payload: dict[str, Any]) -> None:
 
 
 class LocalEndpoint:
-    def __init__(self, queue: JobQueue) -> None:
+    def __init__(self, queue: JobQueue, settings: Settings | None = None) -> None:
         self.queue = queue
+        self.settings = settings or Settings.from_env()
         queue.on_finished = self._finished
 
     async def _finished(self, job: Job) -> None:
@@ -105,39 +144,58 @@ class LocalEndpoint:
 
     # -- native RunPod API ---------------------------------------------------
 
-    async def _new_job(self, request: Request) -> Job | JSONResponse:
+    async def _read(self, request: Request, sync: bool) -> dict[str, Any]:
+        """The request's JSON body within the size limit RunPod sets for the
+        route: /run's, or /runsync's for the routes that wait for the answer."""
+        if sync:
+            limit, name = self.settings.max_runsync_bytes, "RunPod's limit for /runsync: MAX_RUNSYNC_BYTES"
+        else:
+            limit, name = self.settings.max_run_bytes, "RunPod's limit for /run: MAX_RUN_BYTES"
+        return await _body(request, limit, name, self.settings.max_json_depth)
+
+    async def _new_job(self, request: Request, sync: bool) -> Job | JSONResponse:
         try:
-            body = await _body(request)
+            body = await self._read(request, sync)
         except BadRequest as exc:
-            return error(400, str(exc))
+            return error(exc.status, str(exc))
         if "input" not in body:
             return error(400, 'the request body needs an "input" field')
-        policy = body.get("policy") or {}
-        timeout_ms = policy.get("executionTimeout") if isinstance(policy, dict) else None
+        policy = body.get("policy")
+        if policy is not None and not isinstance(policy, dict):
+            return error(400, '"policy" must be an object such as {"executionTimeout": 60000}')
+        timeout_ms = (policy or {}).get("executionTimeout")
+        if timeout_ms is not None and not _positive_number(timeout_ms):
+            return error(400, "policy.executionTimeout must be a positive number of milliseconds")
+        webhook = body.get("webhook")
+        if webhook is not None and not isinstance(webhook, str):
+            return error(400, '"webhook" must be a URL string')
         return self.queue.submit(
             Job(
                 input=body["input"],
-                webhook=body.get("webhook"),
-                execution_timeout_s=timeout_ms / 1000 if isinstance(timeout_ms, (int, float)) else None,
+                webhook=webhook,
+                execution_timeout_s=timeout_ms / 1000 if timeout_ms is not None else None,
             )
         )
 
     async def run(self, request: Request) -> Response:
-        job = await self._new_job(request)
+        job = await self._new_job(request, sync=False)
         if isinstance(job, JSONResponse):
             return job
         return JSONResponse({"id": job.id, "status": job.status})
 
     async def runsync(self, request: Request) -> Response:
-        job = await self._new_job(request)
-        if isinstance(job, JSONResponse):
-            return job
         wait = RUNSYNC_WAIT_S
         if "wait" in request.query_params:
             try:
-                wait = min(float(request.query_params["wait"]) / 1000, RUNSYNC_MAX_WAIT_S)
+                wait = float(request.query_params["wait"]) / 1000
             except ValueError:
+                wait = math.nan
+            if not wait >= 0:  # NaN too
                 return error(400, "wait must be a number of milliseconds")
+            wait = min(wait, RUNSYNC_MAX_WAIT_S)
+        job = await self._new_job(request, sync=True)
+        if isinstance(job, JSONResponse):
+            return job
         await job.wait_done(wait)
         return JSONResponse(job.view())
 
@@ -183,9 +241,9 @@ class LocalEndpoint:
 
     async def openai(self, request: Request) -> Response:
         try:
-            body = await _body(request)
+            body = await self._read(request, sync=True)
         except BadRequest as exc:
-            return JSONResponse(JobError(str(exc)).body(), status_code=400)
+            return JSONResponse(JobError(str(exc), exc.status).body(), status_code=exc.status)
         job_input: dict[str, Any] = {"openai_route": "/v1/" + request.path_params["path"]}
         if body:
             job_input["openai_input"] = body
@@ -242,10 +300,14 @@ class LocalEndpoint:
         async def not_allowed(request: Request, exc: Exception) -> Response:
             return error(405, f"{request.url.path} does not take {request.method}")
 
+        async def internal(request: Request, exc: Exception) -> Response:
+            # logged by uvicorn; the client gets JSON, never a traceback
+            return error(500, f"internal error: {type(exc).__name__}")
+
         return Starlette(
             routes=routes,
             middleware=[Middleware(BearerAuth, api_key=api_key)],
-            exception_handlers={404: not_found, 405: not_allowed},
+            exception_handlers={404: not_found, 405: not_allowed, Exception: internal},
         )
 
 
@@ -255,7 +317,7 @@ async def serve(worker: Any, host: str, port: int, api_key: str | None) -> None:
     import uvicorn
 
     queue = JobQueue(worker.handle, worker.concurrency())
-    endpoint = LocalEndpoint(queue)
+    endpoint = LocalEndpoint(queue, worker.settings)
     queue.start()
     boot = asyncio.create_task(worker.engine.start())
     boot.add_done_callback(lambda task: task.cancelled() or task.exception())
@@ -269,6 +331,10 @@ async def serve(worker: Any, host: str, port: int, api_key: str | None) -> None:
     finally:
         await queue.stop()
         await worker.engine.shutdown()
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _error_text(job_error: str) -> str:

@@ -136,6 +136,7 @@ class Engine:
         self._lifespan: Any = None
         self._watchdog: asyncio.Task | None = None
         self._llm: Any = None
+        self._on_sigterm = False
 
     @property
     def ready(self) -> Ready | None:
@@ -172,8 +173,10 @@ class Engine:
     def _stop_on_sigterm(self) -> None:
         """SIGTERM (how RunPod stops a worker) stops vLLM's processes first,
         then does what it did before. Without this they outlive the worker:
-        the runpod SDK's shutdown does not end the process by itself."""
-        if threading.current_thread() is not threading.main_thread():
+        the runpod SDK's shutdown does not end the process by itself.
+        Installed when the boot starts: on a GPU a boot takes minutes, and
+        RunPod may stop the worker during it."""
+        if self._on_sigterm or threading.current_thread() is not threading.main_thread():
             return
         previous = signal.getsignal(signal.SIGTERM)
         if not (callable(previous) or previous == signal.SIG_DFL):
@@ -182,7 +185,10 @@ class Engine:
         def on_sigterm(signum: int, frame: Any) -> None:
             # jobs still running fail with this reason, and the process exits
             # after FATAL_EXIT_DELAY_S even if the SDK's loop lingers
-            self._fail("the worker received SIGTERM and stopped the engine")
+            try:
+                self._fail("the worker received SIGTERM and stopped the engine")
+            except RuntimeError:  # no event loop runs any more: nothing to fail
+                pass
             self._stop_llm()
             if callable(previous):
                 previous(signum, frame)
@@ -191,14 +197,19 @@ class Engine:
                 os.kill(os.getpid(), signum)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+        self._on_sigterm = True
 
     def _stop_llm(self) -> None:
         """Stop vLLM's engine processes. They are not children that die with
-        this process: left running, each holds its KV cache and weights."""
+        this process: left running, each holds its KV cache and weights.
+        While the ``AsyncLLM`` that owns them is still being built (in a
+        thread), they are stopped as this process's children."""
         if self._llm is not None:
             atexit.unregister(self._llm.shutdown)
             self._llm.shutdown()
             self._llm = None
+        elif self._boot is not None and not self._boot.done():
+            stop_child_processes()
 
     def check_alive(self) -> None:
         """Raise the engine failure, if the engine has died since boot."""
@@ -211,6 +222,7 @@ class Engine:
 
     async def _start(self) -> Ready:
         began = time.perf_counter()
+        self._stop_on_sigterm()
         config = self.config or engine_config(self.settings, self.environ)
         args = config.args
         logger.info(config.describe())
@@ -222,7 +234,9 @@ class Engine:
         # the event loop (job polling, the local endpoint) responsive meanwhile.
         llm = self._llm = await asyncio.to_thread(_build_llm, args)
         atexit.register(llm.shutdown)
-        self._stop_on_sigterm()
+        if self._failure is not None:  # SIGTERM arrived while it was being built
+            self._stop_llm()
+            raise JobError(self._failure, status=503, type="EngineError")
         _start_background_tasks(llm)
         supported_tasks = await llm.get_supported_tasks()
         app = vi.build_app(args, supported_tasks, llm.model_config)
@@ -263,6 +277,35 @@ class Engine:
             self._lifespan = None
         self._stop_llm()
         self._ready = None
+
+
+def stop_child_processes() -> None:
+    """Kill every process this one has spawned. Each is frozen (SIGSTOP)
+    first, and the tree is read again until no new process appears, so that
+    none starts another, or is orphaned out of reach, while the others die."""
+    import psutil
+
+    me = psutil.Process()
+    frozen: dict[int, psutil.Process] = {}
+    for _ in range(50):
+        fresh = [child for child in me.children(recursive=True) if child.pid not in frozen]
+        if not fresh:
+            break
+        for child in fresh:
+            try:
+                child.suspend()
+                frozen[child.pid] = child
+            except psutil.NoSuchProcess:
+                pass
+    if not frozen:
+        return
+    logger.warning("stopping %d engine process(es): %s", len(frozen), ", ".join(map(str, frozen)))
+    for child in frozen.values():
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(frozen.values()), timeout=5)
 
 
 def _build_llm(args: Namespace) -> Any:

@@ -5,18 +5,28 @@ A ``prompt`` job becomes a ``/v1/completions`` request and a ``messages`` job a
 ``/v1/chat/completions`` request, so templating, validation and generation
 happen in one place for both job kinds. The output keeps worker-vllm's shape:
 ``{"choices": [{"tokens": [...], "finish_reason"}], "usage": {"input", "output"}}``.
+
+Before that, ``messages`` and ``sampling_params`` values are checked against
+the types vLLM declares (its chat message type, the annotations of its
+``SamplingParams``), read at run time, so a bad value fails with a 400 that
+names it instead of reaching vLLM's code.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from . import vllm_internals as vi
 from .errors import JobError
-from .jobs import NativeJob
+from .jobs import json_type, location, materialize, narrow, value_problems
 from .streaming import event_data
+
+if TYPE_CHECKING:
+    from .jobs import NativeJob
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -33,12 +43,94 @@ def settable_fields() -> frozenset[str]:
     )
 
 
-def check_sampling_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The request fields for ``sampling_params``; unknown names are errors.
-    Value types are checked by vLLM's own request validation."""
+def check(job: NativeJob) -> None:
+    """Raise a ``JobError`` naming the first bad message or sampling parameter."""
+    if job.messages is not None:
+        check_messages(job.messages)
+    check_sampling_params(job.sampling_params)
+
+
+@cache
+def _message_adapter() -> TypeAdapter:
+    return TypeAdapter(vi.ChatMessage)
+
+
+def check_messages(messages: list[Any]) -> None:
+    """Each message must be one vLLM's chat API accepts, content parts included."""
+    if not messages:
+        raise JobError("input.messages: the chat is empty; give at least one message", param="messages")
+    adapter = _message_adapter()
+    for index, message in enumerate(messages):
+        where = ("input", "messages", index)
+        try:
+            validated = adapter.validate_python(message)
+        except ValidationError as error:
+            raise _message_error(where, message, error) from None
+        except (vi.ClientError, ValueError, TypeError) as error:
+            raise JobError(f"{location(where)}: {error}", param=location(where[1:])) from None
+        materialize(validated, where)
+
+
+ROLES = '"system", "user", "assistant", "tool", ...'
+
+
+def _message_error(where: tuple[Any, ...], message: Any, error: ValidationError) -> JobError:
+    """The reason a message fits none of the message types, from the type its
+    role asks for (vLLM's union reports every member's complaints)."""
+    param = location(where[1:])
+    if not isinstance(message, dict):
+        return JobError(
+            f'{location(where)}: a message is an object such as {{"role": "user", "content": "Hi"}}, '
+            f"not {json_type(message)}",
+            param=param,
+        )
+    if "role" in message and not isinstance(message["role"], str):
+        return JobError(
+            f"{location(where)}.role: the role is a string ({ROLES}), not {json_type(message['role'])}",
+            param=f"{param}.role",
+        )
+    if "role" not in message and "author" not in message:
+        return JobError(f"{location(where)}.role: missing; every message has a role ({ROLES})",
+                        param=f"{param}.role")
+    # the member that takes this role: OpenAI's type for it, else vLLM's any-role type
+    items = narrow(error.errors())
+    field = next((part for item in items for part in item["loc"][1:2]), None)
+    return JobError(value_problems(items, where), param=location((*where[1:], field) if field else where[1:]))
+
+
+@cache
+def _value_adapter(name: str) -> TypeAdapter | None:
+    """A validator for the type ``SamplingParams`` declares for ``name``
+    (None where pydantic cannot build one: vLLM then checks the value)."""
+    declared = vi.sampling_param_types().get(name)
+    if declared is None:
+        return None
+    try:
+        return TypeAdapter(declared)
+    except Exception:  # noqa: BLE001 - an exotic type: left to vLLM
+        return None
+
+
+def check_sampling_value(name: str, value: Any) -> None:
+    """``value`` must fit the type ``SamplingParams`` declares for ``name``;
+    null stands for vLLM's default."""
+    adapter = _value_adapter(name)
+    if value is None or adapter is None:
+        return
+    where = ("input", "sampling_params", name)
+    param = location(where[1:])
+    try:
+        adapter.validate_python(value)
+    except ValidationError as error:
+        raise JobError(value_problems(error.errors(), where), param=param) from None
+    except (vi.ClientError, ValueError, TypeError) as error:  # a vLLM type's own check
+        raise JobError(f"{location(where)}: {error}", param=param) from None
+
+
+def check_sampling_params(params: dict[str, Any]) -> None:
+    """Unknown names and values of the wrong type are errors."""
     known = set(vi.sampling_param_fields())
     settable = settable_fields()
-    fields: dict[str, Any] = {}
     for name, value in params.items():
         if name not in known:
             raise JobError(
@@ -51,13 +143,14 @@ def check_sampling_params(params: dict[str, Any]) -> dict[str, Any]:
                 f"sampling_params.{name} is internal to vLLM and cannot be set per request",
                 param=f"sampling_params.{name}",
             )
-        fields[RENAMED.get(name, name)] = value
-    return fields
+        check_sampling_value(name, value)
 
 
 def to_request(job: NativeJob, model: str) -> tuple[str, dict[str, Any]]:
-    """The route and body of the OpenAI request that serves a native job."""
-    body: dict[str, Any] = {"model": model, **check_sampling_params(job.sampling_params)}
+    """The route and body of the OpenAI request that serves a native job
+    (checked by ``check`` when it was parsed)."""
+    fields = {RENAMED.get(name, name): value for name, value in job.sampling_params.items()}
+    body: dict[str, Any] = {"model": model, **fields}
     # A missing max_tokens means the rest of the context window. The chat API
     # does that for null; the completions API turns null into 16, so for a
     # prompt job the worker fills it in (see ``rest_of_context``).

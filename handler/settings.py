@@ -65,6 +65,24 @@ class Settings(BaseModel):
         description="After the engine fails, seconds left for job errors to reach "
         "RunPod before the worker exits non-zero.",
     )
+    max_json_depth: int = Field(
+        100,
+        ge=1,
+        description="Job inputs (and the local endpoint's request bodies) nested deeper than "
+        "this many levels of arrays and objects fail with 400.",
+    )
+    max_run_bytes: int = Field(
+        10_000_000,
+        ge=1,
+        description="The local endpoint answers 413 to a `/run` body larger than this, "
+        "as RunPod does (10 MB).",
+    )
+    max_runsync_bytes: int = Field(
+        20_000_000,
+        ge=1,
+        description="... and to a `/runsync` or `/openai/v1` body larger than this "
+        "(RunPod's `/runsync` limit, 20 MB).",
+    )
 
     @classmethod
     def env_names(cls) -> list[str]:

@@ -10,6 +10,7 @@ is ``max_delay_s`` old, whichever comes first.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -20,14 +21,19 @@ DONE = "data: [DONE]\n\n"
 
 
 async def sse_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """Whole SSE events (each ending with a blank line) from arbitrary chunks."""
+    """Whole SSE events (each ending with a blank line) from arbitrary chunks.
+    UTF-8 is decoded incrementally: a character split between two chunks is
+    joined, and bytes that are not UTF-8 become U+FFFD instead of failing the job."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     buffer = ""
     async for chunk in chunks:
-        buffer += chunk.decode("utf-8").replace("\r\n", "\n")
+        buffer += decoder.decode(chunk)
+        buffer = buffer.replace("\r\n", "\n")
         while "\n\n" in buffer:
             event, buffer = buffer.split("\n\n", 1)
             if event.strip():
                 yield event + "\n\n"
+    buffer += decoder.decode(b"", final=True)
     if buffer.strip():
         yield buffer.rstrip("\n") + "\n\n"
 

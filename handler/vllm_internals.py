@@ -13,6 +13,8 @@ from typing import Any
 
 __all__ = [
     "AsyncEngineArgs",
+    "ChatMessage",
+    "ClientError",
     "AsyncLLM",
     "FlexibleArgumentParser",
     "SamplingParams",
@@ -23,6 +25,7 @@ __all__ = [
     "current_platform",
     "init_app_state",
     "make_arg_parser",
+    "sampling_param_types",
     "validate_parsed_serve_args",
     "vllm_version",
 ]
@@ -72,6 +75,20 @@ SamplingParams = _first("SamplingParams", "vllm.sampling_params", "vllm")
 current_platform = _first("current_platform", "vllm.platforms")
 vllm_version: str = _first("__version__", "vllm")
 
+# The type of one chat message as vLLM's chat API validates it: OpenAI's
+# message types, vLLM's custom-role message and harmony's Message.
+ChatMessage = _first(
+    "ChatCompletionMessageParam",
+    "vllm.renderers.chat_utils",
+    "vllm.entrypoints.chat_utils",
+)
+# What vLLM's own checks raise for a bad request (the checks in
+# StructuredOutputsParams.__post_init__, for one); ValueError in a vLLM without it.
+try:
+    ClientError: type[Exception] = _first("VLLMClientError", "vllm.exceptions")
+except ImportError:
+    ClientError = ValueError
+
 completion_request_model = _first(
     "CompletionRequest",
     "vllm.entrypoints.openai.completion.protocol",
@@ -93,3 +110,11 @@ def sampling_param_fields() -> list[str]:
 
         names = [field.name for field in dataclasses.fields(SamplingParams)]
     return [name for name in names if not name.startswith("_")]
+
+
+def sampling_param_types() -> dict[str, Any]:
+    """The declared type of each public ``SamplingParams`` field."""
+    import typing
+
+    hints = typing.get_type_hints(SamplingParams, include_extras=True)
+    return {name: hints[name] for name in sampling_param_fields() if name in hints}

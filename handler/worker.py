@@ -46,7 +46,7 @@ class Worker:
     async def _handle(self, job: dict[str, Any]) -> AsyncIterator[Any]:
         if not isinstance(job, dict) or "input" not in job:
             raise JobError('the job has no "input"', param="input")
-        parsed = jobs.parse(job["input"])
+        parsed = jobs.parse(job["input"], self.settings.max_json_depth)
         ready = await self.engine.start()
         if isinstance(parsed, jobs.NativeJob):
             route, body = native.to_request(parsed, ready.served_model)
@@ -62,6 +62,7 @@ class Worker:
             return
         method, route, body = parsed.request()
         path = routes.resolve(ready.app, method, route)
+        jobs.check_body(ready.app, method, path, body, ("input", parsed.body_field))
         response = await self._call(method, path, body)
         async for item in self._openai_output(response):
             yield item

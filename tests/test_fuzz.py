@@ -1,0 +1,56 @@
+"""Property-based fuzzing of job inputs through the real handler, on the suite's
+shared engine: valid, half-valid and hostile inputs (tests/job_inputs.py), with
+a fixed seed so a failure replays. Every input must end COMPLETED, or FAILED
+with a clear error: JSON that parses, a message that says what is wrong (not a
+bare Python exception), and a 4xx code, since only the input can be at fault
+on a healthy engine. bench/soak.py runs the same inputs by the thousand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from hypothesis import HealthCheck, given, seed, settings
+
+import job_inputs
+from conftest import CAPITAL, GREEDY, native_text, run_job
+
+# how an unclear error reads: a Python exception's text, or a traceback
+RAW_EXCEPTION = re.compile(r"^\s*('?\w+'? object |[A-Z]\w*(Error|Exception):)|Traceback")
+JOB_TIMEOUT_S = 300  # a lost job; generous, for a CI machine other work slows down
+
+
+def outcome(items: list[Any]) -> dict[str, Any] | None:
+    """The job's error object, or None when it completed; fails the test when
+    the error is not a clear 4xx."""
+    errors = [item for item in items if isinstance(item, dict) and "error" in item]
+    if not errors:
+        return None
+    assert len(errors) == 1 and items[-1] is errors[0], "an error ends the job"
+    text = errors[0]["error"]
+    assert isinstance(text, str), f"the error is not JSON text: {text!r}"
+    error = json.loads(text)["error"]
+    message = error["message"]
+    assert isinstance(message, str) and message.strip(), f"empty error: {error}"
+    assert not RAW_EXCEPTION.search(message), f"unclear error: {error}"
+    assert 400 <= error["code"] < 500, f"an input error with code {error['code']}: {error}"
+    return error
+
+
+@seed(20240909)
+@settings(max_examples=300, deadline=None, database=None, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(job_input=job_inputs.job_inputs)
+async def test_every_input_completes_or_fails_clearly(worker, job_input):
+    items = await asyncio.wait_for(run_job(worker, job_input, "fuzz"), JOB_TIMEOUT_S)
+    outcome(items)
+
+
+async def test_the_worker_answers_correctly_after_the_fuzzing(worker, fatal_reports):
+    items = await run_job(worker, {"messages": CAPITAL, "sampling_params": GREEDY})
+    assert outcome(items) is None
+    assert native_text(items) == "The capital of France is Paris."
+    assert not fatal_reports
