@@ -2,6 +2,7 @@
 #   make run    - one job from test_input.json through the real handler and engine
 #   make test   - the test suite (boots the same engine once)
 #   make serve  - a local RunPod endpoint (and /openai/v1) on 127.0.0.1:8000
+#   make http   - load-balancing mode: vLLM's OpenAI server and /ping on 127.0.0.1:8000
 VENV   := .venv
 # The interpreter .venv is made from: `PYTHON=python3.12 make run` (read before
 # PYTHON names the venv's own below).
@@ -10,7 +11,7 @@ PYTHON := $(VENV)/bin/python
 # vLLM on CPU sizes its KV cache from this (GiB); 2 is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: setup model run test serve bench clean
+.PHONY: setup model run test serve http bench clean
 
 setup:
 	@PYTHON="$(BASE_PYTHON)" bash builder/setup_venv.sh
@@ -23,6 +24,9 @@ run: model
 
 serve: model
 	$(PYTHON) -m handler serve $(if $(PORT),--port $(PORT))
+
+http: model
+	$(PYTHON) -m handler http $(if $(PORT),--port $(PORT))
 
 test: model
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -1,6 +1,10 @@
 """``python -m handler``: the worker's command line.
 
-- ``python -m handler``: the RunPod serverless worker (production entrypoint).
+- ``python -m handler``: the RunPod serverless worker (production entrypoint):
+  a queue-based worker, or with ``ENDPOINT_TYPE=load_balancing`` the HTTP
+  server of a load-balancing endpoint.
+- ``python -m handler http [--host H] [--port P] [--port-health P]``: the
+  load-balancing mode on this machine (vLLM's OpenAI server and ``/ping``).
 - ``python -m handler run [--input FILE]``: run one job through the same
   handler and print each streamed item and the final output.
 - ``python -m handler serve [--host H] [--port P] [--api-key K]``: a local
@@ -67,13 +71,18 @@ def main(argv: list[str] | None = None) -> int:
                             help="environment variable holding the API key sent upstream (default: RUNPOD_API_KEY)")
     playground.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     playground.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    http = commands.add_parser("http", help="load-balancing mode: vLLM's OpenAI server and /ping")
+    http.add_argument("--host", default=None, help="address to bind (default: HOST, else 127.0.0.1)")
+    http.add_argument("--port", type=int, default=None, help="port (default: PORT, else 8000)")
+    http.add_argument("--port-health", type=int, default=None,
+                      help="port that also answers /ping (default: PORT_HEALTH, else --port)")
     serverless = not argv or argv[0].startswith("--rp_")
     args = None if serverless else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     if serverless or args.command not in ("plan", "playground"):  # no model here: the hub stays as the user has it
         settle_environment()
     if serverless:
-        return serve_runpod()
+        return serve_http(local=False) if _load_balancing() else serve_runpod()
     if args.command == "run":
         # stdout carries the job's stream and output; vLLM's own logs go to stderr.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
@@ -86,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_local(args.host, args.port, args.api_key)
     if args.command == "playground":
         return serve_playground(args)
+    if args.command == "http":
+        return serve_http(args.host, args.port, args.port_health, local=True)
     parser.print_help()
     return 2
 
@@ -151,6 +162,36 @@ def _forget_jobs_of_earlier_processes() -> None:
         logger.warning("forgetting %d job(s) left in progress by an earlier worker process: %s",
                        len(progress), ", ".join(sorted(str(job) for job in progress)))
         progress.clear()
+
+
+def _load_balancing() -> bool:
+    from .settings import Settings
+
+    return Settings.from_env().endpoint_type == "load_balancing"
+
+
+def serve_http(
+    host: str | None = None, port: int | None = None, health_port: int | None = None, *, local: bool
+) -> int:
+    """Load-balancing mode (see load_balancing.py): the ports open before
+    vLLM is imported, so that ``/ping`` answers from process start."""
+    from . import load_balancing
+    from .settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        listen = load_balancing.listen_address(
+            settings, os.environ, local=local, host=host, port=port, health_port=health_port
+        )
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+
+    def load():
+        settings, config, Engine, _ = _boot_objects()
+        return Engine(settings, config=config), config
+
+    return load_balancing.run(settings, listen, load)
 
 
 def serve_local(host: str, port: int, api_key: str | None) -> int:

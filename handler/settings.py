@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,7 +28,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_concurrency: int = Field(
-        30, ge=1, description="Jobs one worker runs at once (they share vLLM's batch)."
+        30,
+        ge=1,
+        description="Jobs one worker runs at once (they share vLLM's batch). In load-balancing "
+        "mode: requests served at once; one more is answered 429 with `Retry-After`.",
     )
     stream_batch_max_events: int = Field(
         32,
@@ -64,6 +68,25 @@ class Settings(BaseModel):
         ge=0,
         description="After the engine fails, seconds left for job errors to reach "
         "RunPod before the worker exits non-zero.",
+    )
+    endpoint_type: Literal["queue", "load_balancing"] = Field(
+        "queue",
+        description="The kind of RunPod endpoint the worker serves: `queue` (`/run`, "
+        "`/runsync`, `/openai/v1` through RunPod's queue) or `load_balancing` (vLLM's "
+        "OpenAI server on `PORT`, `/ping` on `PORT_HEALTH`; see Load-balancing endpoint).",
+    )
+    port_health: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Load-balancing mode: the port RunPod asks `/ping` on (default: `PORT`, "
+        "itself 80 on RunPod when unset).",
+    )
+    boot_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="Load-balancing mode: how long a request that arrives while the engine "
+        "boots waits for it before it is answered 503.",
     )
     max_json_depth: int = Field(
         100,
