@@ -180,11 +180,22 @@ async def throughput(rounds: int) -> None:
     from handler.engine import Engine
     from handler.settings import Settings
 
-    results: dict[str, tuple[list[float], list[float]]] = {}
     engine = Engine(Settings.from_env())
     ready = await engine.start()
-    results["(a) AsyncLLM.generate"] = await measure(lambda: direct(ready.llm), rounds)
+    base = await measure(lambda: direct(ready.llm), rounds)
     await engine.shutdown()
+    base_rate, base_ttft = statistics.median(base[0]), statistics.median(base[1])
+    print(f"\n{CONCURRENCY} concurrent streams x {TOKENS} tokens, {rounds} rounds, "
+          f"{os.cpu_count()} CPUs, model {ready.served_model}")
+    print("| path | tokens/s (median) | ratio to (a) | first token p50 (ms) | vs (a) (ms) |")
+    print("|---|---|---|---|---|")
+
+    def row(name: str, rates: list[float], firsts: list[float]) -> None:
+        rate, ttft = statistics.median(rates), statistics.median(firsts)
+        print(f"| {name} | {rate:.1f} | {rate / base_rate:.3f} | {ttft * 1000:.0f} | "
+              f"{(ttft - base_ttft) * 1000:+.0f} |", flush=True)
+
+    row("(a) AsyncLLM.generate", *base)
 
     limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY * 2)
     paths = {
@@ -196,22 +207,9 @@ async def throughput(rounds: int) -> None:
             server = Server(command)
             try:
                 await wait_ready(http, server, ready_path)
-                results[name] = await measure(lambda: over_http(http, server.url + route), rounds)
+                row(name, *await measure(lambda: over_http(http, server.url + route), rounds))
             finally:
                 server.stop()
-
-    base_rate = statistics.median(results["(a) AsyncLLM.generate"][0])
-    base_ttft = statistics.median(results["(a) AsyncLLM.generate"][1])
-    print(f"\n{CONCURRENCY} concurrent streams x {TOKENS} tokens, {rounds} rounds, "
-          f"{os.cpu_count()} CPUs, model {ready.served_model}")
-    print("| path | tokens/s (median) | ratio to (a) | first token p50 (ms) | vs (a) (ms) |")
-    print("|---|---|---|---|---|")
-    for name, (rates, firsts) in results.items():
-        rate = statistics.median(rates)
-        ttft = statistics.median(firsts)
-        print(f"| {name} | {rate:.1f} | {rate / base_rate:.3f} | {ttft * 1000:.0f} | "
-              f"{(ttft - base_ttft) * 1000:+.0f} |")
-
 
 def bare_boot() -> None:
     """The floor for a cold start: import vLLM, boot AsyncLLM with the
@@ -283,9 +281,11 @@ def main(rounds: int, cold_runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds per path (0: skip)")
+    parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens generated per stream")
     parser.add_argument("--cold-runs", type=int, default=3, help="cold starts per process (0: skip)")
     parser.add_argument("--bare-boot", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    TOKENS = options.tokens
     if options.bare_boot:
         bare_boot()
     else:
