@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make run    - one job from test_input.json through the real handler and engine
-#   make test   - the test suite (boots the same engine once)
+#   make test   - lint and type check, then the test suite (boots the same engine once)
+#   make test-fast - the tests that need no engine and no vLLM (seconds)
+#   make lint   - ruff (lint and format check) and mypy, as configured in pyproject.toml
 #   make serve  - a local RunPod endpoint (and /openai/v1) on 127.0.0.1:8000
 #   make http   - load-balancing mode: vLLM's OpenAI server and /ping on 127.0.0.1:8000
 VENV   := .venv
@@ -11,7 +13,7 @@ PYTHON := $(VENV)/bin/python
 # vLLM on CPU sizes its KV cache from this (GiB); 2 is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: setup model run test serve http bench clean
+.PHONY: setup model run test test-fast lint serve http bench clean
 
 setup:
 	@PYTHON="$(BASE_PYTHON)" bash builder/setup_venv.sh
@@ -28,8 +30,17 @@ serve: model
 http: model
 	$(PYTHON) -m handler http $(if $(PORT),--port $(PORT))
 
-test: model
+test: model lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# No engine, no vLLM import (conftest's --fast fails a test that imports it).
+test-fast: setup
+	$(PYTHON) -m pytest --fast -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: model
 	$(PYTHON) bench/overhead.py
