@@ -75,6 +75,11 @@ def _dataclass_fields(cls: Any, *names: str) -> None:
     _missing.extend(f"{_name(cls)}.{name} (field)" for name in names if name not in have)
 
 
+def _member(owner: Any, name: str) -> Any:
+    """``owner.name``, or None where either is missing (``_has`` records that)."""
+    return getattr(owner, name) if owner is not None and hasattr(owner, name) else None
+
+
 def _assigns(function: Any, *names: str) -> None:
     """Record each attribute name that ``function``'s code no longer uses:
     instance attributes set in ``__init__``, or read or set by a vLLM function
@@ -166,11 +171,11 @@ _dataclass_fields(AsyncEngineArgs, "enable_log_requests", "aggregate_engine_logg
 _has(UsageContext, "OPENAI_API_SERVER")
 _has(AsyncLLM, "from_vllm_config", "_run_output_handler", "errored", "dead_error", "is_running",
      "get_supported_tasks", "reset_mm_cache", "shutdown", "generate", "from_engine_args")
-_params(AsyncLLM and AsyncLLM.from_vllm_config, "vllm_config", "usage_context", "enable_log_requests",
+_params(_member(AsyncLLM, "from_vllm_config"), "vllm_config", "usage_context", "enable_log_requests",
         "aggregate_engine_logging", "disable_log_stats")
-_assigns(AsyncLLM and AsyncLLM.__init__, "output_handler", "engine_core", "model_config")
+_assigns(_member(AsyncLLM, "__init__"), "output_handler", "engine_core", "model_config")
 _has(_AsyncMPClient, "_ensure_output_queue_task")
-_assigns(_AsyncMPClient and _AsyncMPClient._ensure_output_queue_task, "resources", "output_queue_task")
+_assigns(_member(_AsyncMPClient, "_ensure_output_queue_task"), "resources", "output_queue_task")
 _has(current_platform, "is_cpu")
 _has(RequestOutputKind, "DELTA", "FINAL_ONLY")
 _has(SamplingParams, "__struct_fields__")  # a msgspec struct
