@@ -53,8 +53,10 @@ def since_start() -> float:
 
 
 async def bare() -> None:
-    """The floor: what any worker must spend to boot vLLM and generate."""
-    from vllm import SamplingParams
+    """The floor: what any worker must spend to boot vLLM and generate. It
+    imports vLLM directly, not through handler.vllm_internals (which also
+    imports vLLM's OpenAI app): a floor must not pay for the worker's imports."""
+    from vllm import SamplingParams  # bare floor: see the docstring
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM

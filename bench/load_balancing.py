@@ -113,12 +113,10 @@ async def wait_ready(http, server: Server, path: str) -> dict[str, float]:
 
 
 async def direct(llm) -> tuple[float, int]:
-    from vllm.sampling_params import RequestOutputKind
-
     from handler import vllm_internals as vi
 
     params = vi.SamplingParams(max_tokens=TOKENS, ignore_eos=True, temperature=0,
-                               output_kind=RequestOutputKind.DELTA)
+                               output_kind=vi.RequestOutputKind.DELTA)
     start = time.perf_counter()
     first = None
     count = 0
@@ -213,8 +211,10 @@ async def throughput(rounds: int) -> None:
 
 def bare_boot() -> None:
     """The floor for a cold start: import vLLM, boot AsyncLLM with the
-    worker's engine arguments for the embedded model on CPU, print 'ready'."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
+    worker's engine arguments for the embedded model on CPU, print 'ready'.
+    It imports vLLM directly, not through handler.vllm_internals (which also
+    imports vLLM's OpenAI app): a floor must not pay for the worker's imports."""
+    from vllm.engine.arg_utils import AsyncEngineArgs  # bare floor: see the docstring
     from vllm.v1.engine.async_llm import AsyncLLM
 
     model = Path(os.environ.get("EMBEDDED_MODEL_DIR") or Path.home() / ".cache/vllm-worker/SmolLM2-135M-Instruct")

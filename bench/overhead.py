@@ -36,12 +36,10 @@ PROMPT = "Write a long story about a lighthouse keeper who"
 
 
 async def direct(engine) -> tuple[float, int]:
-    from vllm.sampling_params import RequestOutputKind
-
     from handler import vllm_internals as vi
 
     params = vi.SamplingParams(
-        max_tokens=TOKENS, ignore_eos=True, temperature=0, output_kind=RequestOutputKind.DELTA
+        max_tokens=TOKENS, ignore_eos=True, temperature=0, output_kind=vi.RequestOutputKind.DELTA
     )
     start = time.perf_counter()
     first = None

@@ -84,24 +84,6 @@ def uses_embedded_model(args: Namespace, settings: Settings) -> bool:
     return args.model == str(settings.embedded_model_dir)
 
 
-class _ServerShim:
-    """Stands in for the uvicorn server vLLM's error handlers expect on
-    ``app.state.server``: setting ``should_exit`` (vLLM's reaction to a dead
-    engine) reports the engine as failed."""
-
-    def __init__(self, on_exit: Callable[[], None]) -> None:
-        self._on_exit = on_exit
-
-    @property
-    def should_exit(self) -> bool:
-        return False
-
-    @should_exit.setter
-    def should_exit(self, value: bool) -> None:
-        if value:
-            self._on_exit()
-
-
 @dataclass
 class Ready:
     """A booted engine and the app built over it."""
@@ -216,8 +198,8 @@ class Engine:
         ready = self._ready
         if self._failure is not None:
             raise JobError(self._failure, status=503, type="EngineError")
-        if ready is not None and getattr(ready.llm, "errored", False):
-            error = getattr(ready.llm, "dead_error", None) or "the engine core process died"
+        error = vi.engine_dead(ready.llm) if ready is not None else None
+        if error is not None:
             raise JobError(self._fail(error), status=503, type="EngineError")
 
     async def _start(self) -> Ready:
@@ -232,16 +214,17 @@ class Engine:
             await asyncio.to_thread(check_parallelism, args)
         # Building the engine blocks for the whole model load; a thread keeps
         # the event loop (job polling, the local endpoint) responsive meanwhile.
-        llm = self._llm = await asyncio.to_thread(_build_llm, args)
+        vi.import_parser_plugins(args)
+        llm = self._llm = await asyncio.to_thread(vi.build_async_llm, args)
         atexit.register(llm.shutdown)
         if self._failure is not None:  # SIGTERM arrived while it was being built
             self._stop_llm()
             raise JobError(self._failure, status=503, type="EngineError")
-        _start_background_tasks(llm)
+        await vi.start_async_llm(llm)
         supported_tasks = await llm.get_supported_tasks()
         app = vi.build_app(args, supported_tasks, llm.model_config)
         await vi.init_app_state(llm, app.state, args, supported_tasks)
-        app.state.server = _ServerShim(lambda: self._fail("vLLM reported the engine dead"))
+        vi.on_engine_death(app, lambda: self._fail("vLLM reported the engine dead"))
         self._lifespan = app.router.lifespan_context(app)
         await self._lifespan.__aenter__()
         served = (args.served_model_name or [args.model])[0]
@@ -306,30 +289,3 @@ def stop_child_processes() -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(list(frozen.values()), timeout=5)
-
-
-def _build_llm(args: Namespace) -> Any:
-    """``AsyncLLM`` exactly as ``vllm serve`` builds it from the namespace."""
-    engine_args = vi.AsyncEngineArgs.from_cli_args(args)
-    usage = vi.UsageContext.OPENAI_API_SERVER
-    vllm_config = engine_args.create_engine_config(usage_context=usage)
-    return vi.AsyncLLM.from_vllm_config(
-        vllm_config=vllm_config,
-        usage_context=usage,
-        enable_log_requests=engine_args.enable_log_requests,
-        aggregate_engine_logging=engine_args.aggregate_engine_logging,
-        disable_log_stats=engine_args.disable_log_stats,
-    )
-
-
-def _start_background_tasks(llm: Any) -> None:
-    """``AsyncLLM`` starts its output loops in ``__init__`` when it is built
-    inside the event loop; built in a thread, they are started here instead,
-    so that an engine failure is seen before the first request."""
-    starter = getattr(llm, "_run_output_handler", None)
-    if callable(starter):
-        starter()
-    core = getattr(llm, "engine_core", None)
-    ensure = getattr(core, "_ensure_output_queue_task", None)
-    if callable(ensure):
-        ensure()

@@ -89,9 +89,7 @@ class Flag:
 
     @property
     def is_list(self) -> bool:
-        return self.action.nargs in ("+", "*") or isinstance(
-            self.action, argparse._AppendAction
-        )
+        return self.action.nargs in ("+", "*") or vi.is_append_action(self.action)
 
     def argv(self, value: str) -> list[str]:
         """The command-line words for this flag given an env value."""
@@ -107,14 +105,14 @@ class Flag:
             )
         if self.is_list:
             words = shlex.split(value)
-            if isinstance(self.action, argparse._AppendAction):
+            if vi.is_append_action(self.action):
                 return [arg for word in words for arg in (self.option, word)]
             return [self.option, *words]
         return [f"{self.option}={value}"]
 
 
 def new_parser() -> argparse.ArgumentParser:
-    return vi.make_arg_parser(vi.FlexibleArgumentParser(prog="python -m handler"))
+    return vi.serve_parser(prog="python -m handler")
 
 
 def env_name(option: str) -> str:
@@ -124,8 +122,8 @@ def env_name(option: str) -> str:
 def flags(parser: argparse.ArgumentParser) -> dict[str, Flag]:
     """Every long option of the parser, keyed by its environment variable."""
     table: dict[str, Flag] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+    for action in vi.parser_actions(parser):
+        if vi.is_help_action(action) or not action.option_strings:
             continue
         long = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
         if not long:
@@ -229,7 +227,7 @@ def parse(
     parser = new_parser()
     vllm_defaults = {
         action.dest: action.default
-        for action in parser._actions
+        for action in vi.parser_actions(parser)
         if action.dest != argparse.SUPPRESS
     }
     if defaults:
@@ -240,7 +238,7 @@ def parse(
     def fail(message: str) -> None:
         raise ConfigError(_explain(message, origin, environ))
 
-    parser.error = fail  # type: ignore[method-assign]
+    vi.raise_on_parse_error(parser, fail)
     try:
         args = parser.parse_args(argv)
     except SystemExit:  # a parser path that exits without calling error()
@@ -249,8 +247,7 @@ def parse(
         raise
     except (ValueError, TypeError) as error:
         raise ConfigError(_explain(str(error), origin, environ)) from None
-    if getattr(args, "model_tag", None):
-        args.model = args.model_tag
+    vi.apply_model_tag(args)
     try:
         vi.validate_parsed_serve_args(args)
     except (ValueError, TypeError) as error:

@@ -244,10 +244,10 @@ def uvicorn_config(app: Any, host: str, port: int, grace_s: float) -> uvicorn.Co
 
 def _apply_uvicorn_flags(args: Namespace) -> None:
     """``UVICORN_LOG_LEVEL`` and ``DISABLE_UVICORN_ACCESS_LOG``, as ``vllm serve`` applies them."""
-    level = str(getattr(args, "uvicorn_log_level", "info") or "info").upper()
+    level = str(args.uvicorn_log_level or "info").upper()
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(level)
-    if getattr(args, "disable_uvicorn_access_log", False):
+    if args.disable_uvicorn_access_log:
         logging.getLogger("uvicorn.access").disabled = True
 
 

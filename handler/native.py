@@ -37,7 +37,7 @@ RENAMED = {"extra_args": "vllm_xargs"}
 @cache
 def settable_fields() -> frozenset[str]:
     """SamplingParams fields that both OpenAI request models accept."""
-    both = set(vi.completion_request_model.model_fields) & set(vi.chat_request_model.model_fields)
+    both = vi.request_fields(vi.completion_request_model) & vi.request_fields(vi.chat_request_model)
     return frozenset(
         name for name in vi.sampling_param_fields() if RENAMED.get(name, name) in both
     )
@@ -180,13 +180,13 @@ def needs_context_budget(route: str, body: dict[str, Any]) -> bool:
 
 def tokenize_request(body: dict[str, Any]) -> dict[str, Any]:
     """The /tokenize request that counts a completion prompt's tokens."""
-    return {"model": body["model"], "prompt": body["prompt"]}
+    return {field: body[field] for field in vi.TOKENIZE_REQUEST_FIELDS}
 
 
 def rest_of_context(tokenized: dict[str, Any]) -> int:
     """max_tokens for a prompt: what the context window has left (at least 1,
     so that a prompt that fills it gets vLLM's own context-length error)."""
-    return max(1, int(tokenized["max_model_len"]) - int(tokenized["count"]))
+    return max(1, int(tokenized[vi.TOKENIZE_MAX_MODEL_LEN]) - int(tokenized[vi.TOKENIZE_COUNT]))
 
 
 def _usage(usage: dict[str, Any] | None) -> dict[str, int]:

@@ -1,54 +1,250 @@
-"""Every import of a vLLM internal lives here, with the module paths of
-neighbouring vLLM releases as fallbacks.
+"""Everything the worker uses of vLLM, in one module.
 
-vLLM moves its entrypoint modules between releases (the serve argument parser
-moved in 0.29 and again in 0.33). Keeping the lookups in one place means an
-upgrade is a one-module change, and everything else imports stable names.
+No other module of the worker imports vLLM or touches its internals: they use
+the names and small helpers here. An upgrade is therefore a change to this
+module (and its contract test, ``tests/test_vllm_contract.py``), and
+docs/UPGRADING.md says how to make one.
+
+Every name is looked up when this module is imported, with the module paths of
+neighbouring vLLM releases as fallbacks (vLLM moves its entrypoint modules: the
+serve argument parser moved in 0.29 and again in 0.33). Every attribute, method,
+field and parameter the helpers rely on is checked then too. Whatever is
+missing is collected, and the import fails once with an ``ImportError`` that
+lists all of it, instead of a watchdog that goes quiet or a field read as None.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import dataclasses
 import importlib
+import inspect
+import os
+from argparse import Namespace
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = [
-    "AsyncEngineArgs",
-    "ChatMessage",
-    "ClientError",
-    "AsyncLLM",
-    "FlexibleArgumentParser",
-    "SamplingParams",
-    "UsageContext",
-    "build_app",
-    "chat_request_model",
-    "completion_request_model",
-    "current_platform",
-    "init_app_state",
-    "make_arg_parser",
-    "sampling_param_types",
-    "validate_parsed_serve_args",
-    "vllm_version",
-]
+_missing: list[str] = []
 
 
 def _first(attribute: str, *modules: str) -> Any:
-    """``attribute`` from the first of ``modules`` that has it."""
-    errors = []
+    """``attribute`` from the first of ``modules`` that has it; recorded as
+    missing (and None) when none has it."""
     for name in modules:
         try:
-            return getattr(importlib.import_module(name), attribute)
-        except (ImportError, AttributeError) as error:
-            errors.append(f"{name}: {error}")
-    raise ImportError(f"vLLM has no {attribute} in any known place: " + "; ".join(errors))
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, attribute):
+            return getattr(module, attribute)
+    _missing.append(f"{attribute} (looked in {', '.join(modules)})")
+    return None
 
 
-# The `vllm serve` argument parser: 0.33+, 0.29-0.32, up to 0.28.
+def _name(owner: Any) -> str:
+    return owner.__qualname__ if hasattr(owner, "__qualname__") else repr(owner)
+
+
+def _has(owner: Any, *names: str) -> None:
+    """Record each of ``names`` that ``owner`` (a class or module) lacks."""
+    if owner is None:  # recorded by _first already
+        return
+    _missing.extend(f"{_name(owner)}.{name}" for name in names if not hasattr(owner, name))
+
+
+def _params(function: Any, *names: str) -> None:
+    """Record each keyword ``function`` does not take."""
+    if function is None:
+        return
+    taken = inspect.signature(function).parameters
+    _missing.extend(f"{_name(function)}({name}=...)" for name in names if name not in taken)
+
+
+def _fields(model: Any, *names: str) -> None:
+    """Record each field the pydantic model ``model`` does not declare."""
+    if model is None:
+        return
+    _missing.extend(f"{_name(model)}.{name} (field)" for name in names if name not in model.model_fields)
+
+
+def _dataclass_fields(cls: Any, *names: str) -> None:
+    if cls is None:
+        return
+    have = {field.name for field in dataclasses.fields(cls)}
+    _missing.extend(f"{_name(cls)}.{name} (field)" for name in names if name not in have)
+
+
+def _member(owner: Any, name: str) -> Any:
+    """``owner.name``, or None where either is missing (``_has`` records that)."""
+    return getattr(owner, name) if owner is not None and hasattr(owner, name) else None
+
+
+def _assigns(function: Any, *names: str) -> None:
+    """Record each attribute name that ``function``'s code no longer uses:
+    instance attributes set in ``__init__``, or read or set by a vLLM function
+    the worker relies on."""
+    if function is None:
+        return
+    code = inspect.unwrap(function).__code__
+    used = set(code.co_names) | {n for c in code.co_consts if inspect.iscode(c) for n in c.co_names}
+    _missing.extend(f"{_name(function)} uses .{name}" for name in names if name not in used)
+
+
+# --- the serve argument parser and its checks -------------------------------
+
+# `vllm serve`'s parser: 0.33+, 0.29-0.32, up to 0.28.
 _CLI_ARGS = (
     "vllm.entrypoints.serve.cli_args",
     "vllm.entrypoints.launchers.cli_args",
     "vllm.entrypoints.openai.cli_args",
 )
-# The OpenAI FastAPI app and its state.
+make_arg_parser = _first("make_arg_parser", *_CLI_ARGS)
+validate_parsed_serve_args = _first("validate_parsed_serve_args", *_CLI_ARGS)
+FlexibleArgumentParser = _first("FlexibleArgumentParser", "vllm.utils.argparse_utils", "vllm.utils")
+# `--no-enable-flash-late-interaction` into the engine arguments (0.32+).
+propagate_flash_late_interaction = _first("propagate_flash_late_interaction", *_CLI_ARGS)
+
+# argparse internals the flag table reads (the standard library's, but private).
+_has(argparse, "_AppendAction", "_HelpAction", "BooleanOptionalAction")
+_assigns(argparse._ActionsContainer.__init__, "_actions")
+
+# The serve namespace's dests that this module reads; every other dest the
+# worker reads is checked against the parser by the contract test.
+MODEL_TAG = "model_tag"
+SERVE_DESTS = (MODEL_TAG, "model", "tool_parser_plugin", "reasoning_parser_plugin")
+
+
+def serve_parser(prog: str) -> argparse.ArgumentParser:
+    """``vllm serve``'s argument parser (without the ``serve`` subcommand)."""
+    parser = make_arg_parser(FlexibleArgumentParser(prog=prog))
+    dests = {action.dest for action in parser_actions(parser)}
+    lacking = [dest for dest in SERVE_DESTS if dest not in dests]
+    if lacking:
+        raise ImportError(f"vLLM {vllm_version}'s serve parser has no {', '.join(lacking)}; "
+                          "see docs/UPGRADING.md")
+    return parser
+
+
+def parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every action (option) of the parser."""
+    return list(parser._actions)
+
+
+def is_help_action(action: argparse.Action) -> bool:
+    return isinstance(action, argparse._HelpAction)
+
+
+def is_append_action(action: argparse.Action) -> bool:
+    """An option given once per value (``--middleware a --middleware b``)."""
+    return isinstance(action, argparse._AppendAction)
+
+
+def raise_on_parse_error(parser: argparse.ArgumentParser, fail: Callable[[str], None]) -> None:
+    """Make the parser call ``fail(message)`` (which raises) instead of
+    printing usage and exiting."""
+    parser.error = fail  # type: ignore[method-assign]
+
+
+def apply_model_tag(args: Namespace) -> None:
+    """The positional model (``vllm serve <model>``) wins over ``--model``,
+    as ``vllm serve`` does in ``ServeSubcommand.cmd``."""
+    if args.model_tag is not None:
+        args.model = args.model_tag
+
+
+# --- the engine --------------------------------------------------------------
+
+AsyncEngineArgs = _first("AsyncEngineArgs", "vllm.engine.arg_utils")
+AsyncLLM = _first("AsyncLLM", "vllm.v1.engine.async_llm")
+_AsyncMPClient = _first("AsyncMPClient", "vllm.v1.engine.core_client")
+UsageContext = _first("UsageContext", "vllm.usage.usage_lib")
+SamplingParams = _first("SamplingParams", "vllm.sampling_params", "vllm")
+RequestOutputKind = _first("RequestOutputKind", "vllm.sampling_params", "vllm")
+current_platform = _first("current_platform", "vllm.platforms")
+vllm_version: str = _first("__version__", "vllm")
+ToolParserManager = _first("ToolParserManager", "vllm.tool_parsers", "vllm.entrypoints.openai.tool_parsers")
+ReasoningParserManager = _first("ReasoningParserManager", "vllm.reasoning")
+
+_has(AsyncEngineArgs, "from_cli_args", "create_engine_config")
+_dataclass_fields(AsyncEngineArgs, "enable_log_requests", "aggregate_engine_logging", "disable_log_stats")
+_has(UsageContext, "OPENAI_API_SERVER")
+_has(AsyncLLM, "from_vllm_config", "_run_output_handler", "errored", "dead_error", "is_running",
+     "get_supported_tasks", "reset_mm_cache", "shutdown", "generate", "from_engine_args")
+_params(_member(AsyncLLM, "from_vllm_config"), "vllm_config", "usage_context", "enable_log_requests",
+        "aggregate_engine_logging", "disable_log_stats")
+_assigns(_member(AsyncLLM, "__init__"), "output_handler", "engine_core", "model_config")
+_has(_AsyncMPClient, "_ensure_output_queue_task")
+_assigns(_member(_AsyncMPClient, "_ensure_output_queue_task"), "resources", "output_queue_task")
+_has(current_platform, "is_cpu")
+_has(RequestOutputKind, "DELTA", "FINAL_ONLY")
+_has(SamplingParams, "__struct_fields__")  # a msgspec struct
+_has(ToolParserManager, "import_tool_parser")
+_has(ReasoningParserManager, "import_reasoning_parser")
+
+
+def import_parser_plugins(args: Namespace) -> None:
+    """Load ``--tool-parser-plugin`` and ``--reasoning-parser-plugin`` files,
+    as vLLM's ``run_server_worker`` does before it builds the engine."""
+    if args.tool_parser_plugin and len(args.tool_parser_plugin) > 3:
+        ToolParserManager.import_tool_parser(args.tool_parser_plugin)
+    if args.reasoning_parser_plugin and len(args.reasoning_parser_plugin) > 3:
+        ReasoningParserManager.import_reasoning_parser(args.reasoning_parser_plugin)
+
+
+def build_async_llm(args: Namespace) -> Any:
+    """``AsyncLLM`` from the serve namespace, by the steps of vLLM's
+    ``build_async_engine_client`` and ``build_async_engine_client_from_engine_args``
+    (the contract test pins their list of calls).
+
+    vLLM's own function is an async context manager that builds the engine
+    inside the event loop and blocks it for the whole model load; the worker
+    builds it in a thread instead, so its loop keeps answering (job polling,
+    /ping), and finishes with ``start_async_llm`` back in the loop."""
+    if os.getenv("VLLM_WORKER_MULTIPROC_METHOD") == "forkserver":
+        import multiprocessing
+        import multiprocessing.forkserver as forkserver
+
+        multiprocessing.set_start_method("forkserver")
+        multiprocessing.set_forkserver_preload(["vllm.v1.engine.async_llm"])
+        forkserver.ensure_running()
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    propagate_flash_late_interaction(args, engine_args)
+    usage = UsageContext.OPENAI_API_SERVER
+    vllm_config = engine_args.create_engine_config(usage_context=usage)
+    return AsyncLLM.from_vllm_config(
+        vllm_config=vllm_config,
+        usage_context=usage,
+        enable_log_requests=engine_args.enable_log_requests,
+        aggregate_engine_logging=engine_args.aggregate_engine_logging,
+        disable_log_stats=engine_args.disable_log_stats,
+    )
+
+
+async def start_async_llm(llm: Any) -> None:
+    """What ``AsyncLLM`` and vLLM's server do once the engine is built, in the
+    event loop that will use it: start the output loops (``AsyncLLM.__init__``
+    starts them only when built inside a running loop), so that an engine
+    failure is seen before the first request, then drop the multimodal
+    profiling data."""
+    asyncio.get_running_loop()
+    llm._run_output_handler()
+    llm.engine_core._ensure_output_queue_task()
+    await llm.reset_mm_cache()
+
+
+def output_loops_started(llm: Any) -> bool:
+    """Both of the engine's output loops run (the contract test's check)."""
+    return llm.output_handler is not None and llm.engine_core.resources.output_queue_task is not None
+
+
+def engine_dead(llm: Any) -> BaseException | None:
+    """vLLM's error for a dead engine, or None while it lives."""
+    return llm.dead_error if llm.errored else None
+
+
+# --- the OpenAI app ----------------------------------------------------------
+
 _APP = (
     "vllm.entrypoints.serve.app",
     "vllm.entrypoints.launchers.app",
@@ -60,20 +256,64 @@ _APP_STATE = (
     "vllm.entrypoints.launchers.api_server",
     "vllm.entrypoints.openai.api_server",
 )
-
-make_arg_parser = _first("make_arg_parser", *_CLI_ARGS)
-validate_parsed_serve_args = _first("validate_parsed_serve_args", *_CLI_ARGS)
-FlexibleArgumentParser = _first(
-    "FlexibleArgumentParser", "vllm.utils.argparse_utils", "vllm.utils"
+_LAUNCHER = (
+    "vllm.entrypoints.serve.launcher",
+    "vllm.entrypoints.launchers.launcher",
+    "vllm.entrypoints.launcher",
+)
+_ENTRY = (
+    "vllm.entrypoints.serve.api_server.entry",
+    "vllm.entrypoints.launchers.api_server.entry",
+    "vllm.entrypoints.openai.api_server",
 )
 build_app = _first("build_app", *_APP)
 init_app_state = _first("init_app_state", *_APP_STATE)
-AsyncEngineArgs = _first("AsyncEngineArgs", "vllm.engine.arg_utils")
-AsyncLLM = _first("AsyncLLM", "vllm.v1.engine.async_llm")
-UsageContext = _first("UsageContext", "vllm.usage.usage_lib")
-SamplingParams = _first("SamplingParams", "vllm.sampling_params", "vllm")
-current_platform = _first("current_platform", "vllm.platforms")
-vllm_version: str = _first("__version__", "vllm")
+terminate_if_errored = _first("terminate_if_errored", *_LAUNCHER)
+_engine_error_handler = _first(
+    "engine_error_handler",
+    "vllm.entrypoints.serve.exception_handling.handlers.vllm_error",
+    "vllm.entrypoints.openai.api_server",
+)
+# vLLM's own server functions that build_async_llm and the engine copy; the
+# contract test reads their source.
+SERVER_FUNCTIONS = {
+    name: _first(name, *_ENTRY)
+    for name in (
+        "build_async_engine_client",
+        "build_async_engine_client_from_engine_args",
+        "run_server_worker",
+        "build_and_serve",
+    )
+}
+# vLLM answers an engine error by setting app.state.server.should_exit.
+_assigns(terminate_if_errored, "should_exit", "errored", "is_running")
+_assigns(_engine_error_handler, "terminate_if_errored", "server")
+
+
+class _ServerShim:
+    """Stands in for the uvicorn server vLLM's error handlers expect on
+    ``app.state.server``: setting ``should_exit`` (vLLM's reaction to a dead
+    engine, in ``terminate_if_errored``) calls ``on_exit``."""
+
+    def __init__(self, on_exit: Callable[[], None]) -> None:
+        self._on_exit = on_exit
+
+    @property
+    def should_exit(self) -> bool:
+        return False
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self._on_exit()
+
+
+def on_engine_death(app: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when vLLM's app sees the engine dead."""
+    app.state.server = _ServerShim(callback)
+
+
+# --- request and response models ---------------------------------------------
 
 # The type of one chat message as vLLM's chat API validates it: OpenAI's
 # message types, vLLM's custom-role message and harmony's Message.
@@ -83,11 +323,8 @@ ChatMessage = _first(
     "vllm.entrypoints.chat_utils",
 )
 # What vLLM's own checks raise for a bad request (the checks in
-# StructuredOutputsParams.__post_init__, for one); ValueError in a vLLM without it.
-try:
-    ClientError: type[Exception] = _first("VLLMClientError", "vllm.exceptions")
-except ImportError:
-    ClientError = ValueError
+# StructuredOutputsParams.__post_init__, for one).
+ClientError: type[Exception] = _first("VLLMClientError", "vllm.exceptions")
 
 completion_request_model = _first(
     "CompletionRequest",
@@ -99,17 +336,50 @@ chat_request_model = _first(
     "vllm.entrypoints.openai.chat_completion.protocol",
     "vllm.entrypoints.openai.protocol",
 )
+_stream_options = _first(
+    "StreamOptions",
+    "vllm.entrypoints.generate.base.protocol",
+    "vllm.entrypoints.openai.engine.protocol",
+    "vllm.entrypoints.openai.protocol",
+)
+_tokenize_request = _first(
+    "TokenizeCompletionRequest",
+    "vllm.entrypoints.serve.tokenize.protocol",
+    "vllm.entrypoints.openai.protocol",
+)
+_tokenize_response = _first(
+    "TokenizeResponse",
+    "vllm.entrypoints.serve.tokenize.protocol",
+    "vllm.entrypoints.openai.protocol",
+)
+
+# The request fields a native job is turned into (native.to_request).
+COMPLETION_FIELDS_USED = ("model", "prompt", "max_tokens", "stream", "stream_options", "vllm_xargs")
+CHAT_FIELDS_USED = ("model", "messages", "max_completion_tokens", "logprobs", "top_logprobs",
+                    "stream", "stream_options", "vllm_xargs")
+STREAM_OPTIONS_USED = ("include_usage", "continuous_usage_stats")
+# SamplingParams fields the native job format names itself.
+SAMPLING_FIELDS_USED = ("max_tokens", "logprobs", "extra_args")
+# /tokenize: the request that counts a prompt's tokens, and the answer's fields.
+TOKENIZE_REQUEST_FIELDS = ("model", "prompt")
+TOKENIZE_COUNT = "count"
+TOKENIZE_MAX_MODEL_LEN = "max_model_len"
+
+_fields(completion_request_model, *COMPLETION_FIELDS_USED)
+_fields(chat_request_model, *CHAT_FIELDS_USED)
+_fields(_stream_options, *STREAM_OPTIONS_USED)
+_fields(_tokenize_request, *TOKENIZE_REQUEST_FIELDS)
+_fields(_tokenize_response, TOKENIZE_COUNT, TOKENIZE_MAX_MODEL_LEN)
+
+
+def request_fields(model: Any) -> frozenset[str]:
+    """The field names of one of vLLM's request models."""
+    return frozenset(model.model_fields)
 
 
 def sampling_param_fields() -> list[str]:
-    """The public fields of ``SamplingParams`` (a msgspec struct in vLLM 0.32,
-    a dataclass in some older releases)."""
-    names = getattr(SamplingParams, "__struct_fields__", None)
-    if names is None:
-        import dataclasses
-
-        names = [field.name for field in dataclasses.fields(SamplingParams)]
-    return [name for name in names if not name.startswith("_")]
+    """The public fields of ``SamplingParams`` (a msgspec struct)."""
+    return [name for name in SamplingParams.__struct_fields__ if not name.startswith("_")]
 
 
 def sampling_param_types() -> dict[str, Any]:
@@ -118,3 +388,21 @@ def sampling_param_types() -> dict[str, Any]:
 
     hints = typing.get_type_hints(SamplingParams, include_extras=True)
     return {name: hints[name] for name in sampling_param_fields() if name in hints}
+
+
+if SamplingParams is not None:
+    _missing.extend(
+        f"SamplingParams.{name} (field)" for name in SAMPLING_FIELDS_USED if name not in sampling_param_fields()
+    )
+
+
+def _check(names: Iterable[str]) -> None:
+    names = list(names)
+    if names:
+        raise ImportError(
+            f"vLLM {vllm_version} lacks {len(names)} thing(s) the worker uses "
+            "(handler/vllm_internals.py; docs/UPGRADING.md says what to do):\n  - " + "\n  - ".join(names)
+        )
+
+
+_check(_missing)
