@@ -153,7 +153,7 @@ def test_choosing_the_model_imports_no_vllm(tmp_path):
         "assert not [m for m in sys.modules if m.split('.')[0] in ('vllm', 'huggingface_hub', 'torch')], "
         "sorted(sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
