@@ -25,10 +25,16 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ConfigError, JobError
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .flags import EngineConfig
+    from .worker import Worker
 
 logger = logging.getLogger("handler")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -79,9 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     serverless = not argv or argv[0].startswith("--rp_")
     args = None if serverless else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
-    if serverless or args.command not in ("plan", "playground"):  # no model here: the hub stays as the user has it
+    try:
+        return run_command(args, parser)
+    except ConfigError as error:  # a bad setting: one line naming it
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_command(args: argparse.Namespace | None, parser: argparse.ArgumentParser) -> int:
+    """Run the command ``args`` names; ``None``: the RunPod worker."""
+    if args is None or args.command not in ("plan", "playground"):  # no model here: the hub stays as the user has it
         settle_environment()
-    if serverless:
+    if args is None:
         return serve_http(local=False) if _load_balancing() else serve_runpod()
     if args.command == "run":
         # stdout carries the job's stream and output; vLLM's own logs go to stderr.
@@ -107,61 +122,35 @@ def settle_environment() -> None:
     from . import environment
     from .settings import Settings
 
-    try:
-        environment.prepare(Settings.from_env())
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    environment.prepare(Settings.from_env())
 
 
-def _boot_objects():
-    """Settings, engine configuration, engine and worker; a bad setting ends
-    start-up with one line naming the environment variable."""
-    from .engine import Engine, engine_config
+def build_engine(on_fatal: Callable[[str], None] | None = None) -> Engine:
+    """The engine, configured from the environment (config.py); vLLM is
+    imported here. A bad setting raises ``ConfigError``."""
+    from .config import engine_config
+    from .engine import Engine
     from .settings import Settings
+
+    settings = Settings.from_env()
+    config = engine_config(settings)
+    if on_fatal is None:
+        return Engine(settings, config=config)
+    return Engine(settings, config=config, on_fatal=on_fatal)
+
+
+def build_worker(on_fatal: Callable[[str], None] | None = None) -> Worker:
+    """The handler over a new engine (see ``build_engine``)."""
     from .worker import Worker
 
-    try:
-        settings = Settings.from_env()
-        config = engine_config(settings)
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return settings, config, Engine, Worker
+    return Worker(build_engine(on_fatal))
 
 
 def serve_runpod() -> int:
-    import runpod
+    from . import runpod_sdk
 
-    settings, config, Engine, Worker = _boot_objects()
-    worker = Worker(Engine(settings, config=config))
-    _forget_jobs_of_earlier_processes()
-    runpod.serverless.start(
-        {
-            "handler": worker.handle,
-            "concurrency_modifier": worker.concurrency,
-            "return_aggregate_stream": True,
-        }
-    )
+    runpod_sdk.start(build_worker())
     return 0
-
-
-def _forget_jobs_of_earlier_processes() -> None:
-    """Empty the runpod SDK's record of jobs in progress.
-
-    The SDK keeps that record in ``.runpod_jobs.pkl`` in the working directory
-    and loads it at import. Entries left by a process that died mid-job (a
-    fatal engine error, a kill) never finish, and runpod 1.10 will not raise
-    its concurrency above 1 while any job is in progress: a restarted worker
-    would wait on them forever without taking a job.
-    """
-    from runpod.serverless.modules.worker_state import JobsProgress
-
-    progress = JobsProgress()
-    if len(progress):
-        logger.warning("forgetting %d job(s) left in progress by an earlier worker process: %s",
-                       len(progress), ", ".join(sorted(str(job) for job in progress)))
-        progress.clear()
 
 
 def _load_balancing() -> bool:
@@ -178,18 +167,15 @@ def serve_http(
     from . import load_balancing
     from .settings import Settings
 
-    try:
-        settings = Settings.from_env()
-        listen = load_balancing.listen_address(
-            settings, os.environ, local=local, host=host, port=port, health_port=health_port
-        )
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
+    settings = Settings.from_env()
+    listen = load_balancing.listen_address(
+        settings, os.environ, local=local, host=host, port=port, health_port=health_port
+    )
 
-    def load():
-        settings, config, Engine, _ = _boot_objects()
-        return Engine(settings, config=config), config
+    def load() -> tuple[Engine, EngineConfig]:
+        engine = build_engine()
+        assert engine.config is not None
+        return engine, engine.config
 
     return load_balancing.run(settings, listen, load)
 
@@ -197,10 +183,9 @@ def serve_http(
 def serve_local(host: str, port: int, api_key: str | None) -> int:
     from .endpoint import serve
 
-    settings, config, Engine, Worker = _boot_objects()
-    worker = Worker(Engine(settings, config=config))
+    worker = build_worker()
     try:
-        asyncio.run(serve(worker, host, port, api_key or settings.local_api_key))
+        asyncio.run(serve(worker, host, port, api_key or worker.settings.local_api_key))
     except KeyboardInterrupt:
         pass
     return 0
@@ -244,12 +229,7 @@ def prepare_model() -> int:
     from . import embedded_model
     from .settings import Settings
 
-    try:
-        settings = Settings.from_env()
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
-    target = settings.embedded_model_dir
+    target = Settings.from_env().embedded_model_dir
     if embedded_model.is_prepared(target):
         print(f"{embedded_model.NAME} is ready in {target}")
         return 0
@@ -271,11 +251,10 @@ async def run_one(path: Path, *, timings: bool = False) -> int:
         print(f"cannot read the job file {path}: {error}", file=sys.stderr)
         return 2
     marks: dict[str, float] = {}
-    settings, config, Engine, Worker = _boot_objects()
-    marks["imports"] = since_process_start()
     # an engine failure reaches the job as its error, and this command exits 1
-    engine = Engine(settings, config=config, on_fatal=lambda reason: None)
-    worker = Worker(engine)
+    worker = build_worker(on_fatal=lambda reason: None)
+    engine = worker.engine
+    marks["imports"] = since_process_start()
     job.setdefault("id", "local-run")
     output: list[Any] = []
     status = 0

@@ -20,68 +20,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import asgi, embedded_model, environment, flags, plan
+from . import asgi, embedded_model, flags
 from . import vllm_internals as vi
-from .errors import ConfigError, JobError
+from .config import check_parallelism, engine_config, uses_embedded_model
+from .errors import JobError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_SERVED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WATCHDOG_INTERVAL_S = 1.0
-# Worker defaults on a machine without a GPU (each overridable by its env var):
-# - enforce_eager: vLLM's compiled CPU path boots 3-4x slower and produced
-#   wrong text for the embedded model; eager mode is correct.
-# - gpu_memory_utilization: the CPU backend reads it as the share of the NUMA
-#   node's RAM to reserve, and refuses to start unless that much is free right
-#   now (0.92 of the node, vLLM's GPU default, rarely is). The KV cache itself
-#   is sized by VLLM_CPU_KVCACHE_SPACE.
-CPU_DEFAULTS = {"enforce_eager": True, "gpu_memory_utilization": 0.3}
-
-
-def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) -> flags.EngineConfig:
-    """The serve namespace from the environment, with the worker's defaults:
-    the embedded model when no model is named, and eager mode without a GPU."""
-    environ = os.environ if environ is None else environ
-    defaults: dict[str, Any] = {"model": str(settings.embedded_model_dir)}
-    if vi.current_platform.is_cpu():
-        defaults.update(CPU_DEFAULTS)
-    config = flags.parse(environ, defaults=defaults)
-    args = config.args
-    baked = environment.baked_model(settings, dict(environ))
-    cached = environment.cached_model(settings, environ) if baked is None else None
-    if baked is not None:
-        # served from the image's disk under the name it was baked from
-        args.model = baked.path
-        args.served_model_name = args.served_model_name or [baked.name]
-        args.tokenizer = args.tokenizer or baked.tokenizer
-        args.quantization = args.quantization or baked.quantization
-    elif cached is not None and args.model == cached.name:
-        # RunPod's model cache (or the user's HF cache) holds it: no hub call
-        args.model = cached.path
-        args.served_model_name = args.served_model_name or [cached.name]
-    elif uses_embedded_model(args, settings) and not args.served_model_name:
-        args.served_model_name = [EMBEDDED_SERVED_NAME]
-    if os.path.isdir(args.model):
-        check_parallelism(args)
-    return config
-
-
-def check_parallelism(args: Namespace) -> None:
-    """Stop before any weights load when TENSOR_PARALLEL_SIZE cannot split the
-    model's attention heads. A config that cannot be read is left to vLLM."""
-    try:
-        model_config = plan.load_config(args.model, args.revision, args.hf_token)
-    except plan.PlanError:
-        return
-    try:
-        plan.check_tensor_parallel(model_config, args.tensor_parallel_size)
-    except plan.PlanError as error:
-        raise ConfigError(str(error)) from None
-
-
-def uses_embedded_model(args: Namespace, settings: Settings) -> bool:
-    return args.model == str(settings.embedded_model_dir)
 
 
 @dataclass

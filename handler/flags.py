@@ -19,19 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import vllm_internals as vi
+from .config import ALIASES, EXTRA_ARGS, extra_args, from_aliases
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# worker-vllm's names, kept so its users can switch without renaming anything.
-ALIASES: dict[str, str] = {
-    "MODEL_NAME": "MODEL",
-    "MODEL_REVISION": "REVISION",
-    "TOKENIZER_NAME": "TOKENIZER",
-    "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "SERVED_MODEL_NAME",
-    "CUSTOM_CHAT_TEMPLATE": "CHAT_TEMPLATE",
-}
-EXTRA_ARGS = "VLLM_EXTRA_ARGS"
 
 # Names that worker-vllm documented for flags that older vLLM releases had.
 # They are not a copy of vLLM's flag list: one that vLLM still has is simply
@@ -162,17 +154,9 @@ class EngineConfig:
 
 
 def collect_env(environ: Mapping[str, str], table: Mapping[str, Flag]) -> dict[str, str]:
-    """The non-empty env values that set flags, aliases resolved to flag names.
-    A vLLM name wins over its worker-vllm alias when both are set."""
-    chosen: dict[str, str] = {}
-    for alias, name in ALIASES.items():
-        value = environ.get(alias, "")
-        if value == "":
-            continue
-        if environ.get(name, "") not in ("", value):
-            logger.warning("%s and %s are both set; using %s", alias, name, name)
-            continue
-        chosen[name] = value
+    """The non-empty env values that set flags, aliases resolved to flag names
+    (``config.ALIASES``; a vLLM name wins over its worker-vllm alias)."""
+    chosen = from_aliases(environ)
     for name in table:
         value = environ.get(name, "")
         if value != "":
@@ -202,13 +186,7 @@ def build_argv(
         words = flag.argv(value)
         argv += words
         origin[flag.option] = name
-    extra = environ.get(EXTRA_ARGS, "")
-    if extra:
-        try:
-            extra_words = shlex.split(extra)
-        except ValueError as error:
-            raise ConfigError(f"{EXTRA_ARGS}={extra!r} cannot be split: {error}") from None
-        argv += extra_words
+    argv += extra_args(environ)
     return argv, origin
 
 

@@ -278,10 +278,10 @@ async def serve(settings: Settings, listen: Listen, load: Loader) -> int:
         )
         try:
             engine, config = await asyncio.to_thread(load)
-        except SystemExit as error:  # a bad setting: its one line is printed already
+        except ConfigError:  # a bad setting: the command line reports it
             _stop(servers)
             await asyncio.gather(*tasks)
-            return error.code if isinstance(error.code, int) else 2
+            raise
         if all(server.should_exit for server in servers):
             return 0  # stopped (SIGTERM, Ctrl-C) before there was anything to boot
         _apply_uvicorn_flags(config.args)

@@ -14,7 +14,7 @@ import pytest
 
 from docker_cli import engine_or_reason, find_builder
 from handler import environment, flags, jobs
-from handler.engine import engine_config
+from handler.config import engine_config
 from handler.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from handler import environment
-from handler.engine import engine_config
+from handler import config, environment
+from handler.config import engine_config
 from handler.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,12 +54,12 @@ def test_no_snapshot_for_that_revision_or_a_partial_one_leaves_the_hub_on(tmp_pa
     environ = {"MODEL_NAME": HUB_ID, "MODEL_REVISION": "v2"}
     environment.prepare(settings, environ)
     assert "HF_HUB_OFFLINE" not in environ
-    assert environment.cached_model(settings, {"MODEL_NAME": "acme/other"}) is None
+    assert config.cached_model(settings, {"MODEL_NAME": "acme/other"}) is None
 
     partial = tmp_path / "partial"
     fabricate_cache(partial, source, complete=False)
     settings = Settings(volume_dir=partial, baked_model_manifest=tmp_path / "none.json")
-    assert environment.cached_model(settings, {"MODEL_NAME": HUB_ID}) is None, "no weights: not served"
+    assert config.cached_model(settings, {"MODEL_NAME": HUB_ID}) is None, "no weights: not served"
 
 
 def test_the_worker_boots_from_the_cache_with_the_hub_unreachable(tmp_path):
