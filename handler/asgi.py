@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,14 +65,21 @@ async def request(
     be read to the end or closed (``aclose``); either finishes the app's task.
     """
     payload = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+    is_json = body is not None and not isinstance(body, bytes)
+    exchange = _Exchange(app, _scope(method, path, payload, is_json, headers or {}), payload)
+    return await exchange.response()
+
+
+def _scope(method: str, path: str, payload: bytes, is_json: bool, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The HTTP scope uvicorn would give the app for this request."""
     parts = urlsplit(path)
     header_list = [(b"host", b"worker")]
-    if body is not None and not isinstance(body, bytes):
+    if is_json:
         header_list.append((b"content-type", b"application/json"))
     header_list.append((b"content-length", str(len(payload)).encode()))
-    for key, value in (headers or {}).items():
+    for key, value in headers.items():
         header_list.append((key.lower().encode(), value.encode()))
-    scope = {
+    return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
@@ -88,59 +95,72 @@ async def request(
         "state": {},
     }
 
-    disconnected = asyncio.Event()
-    sent_body = False
-    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
-    async def receive() -> dict[str, Any]:
-        nonlocal sent_body
-        if not sent_body:
-            sent_body = True
-            return {"type": "http.request", "body": payload, "more_body": False}
-        await disconnected.wait()
+class _Exchange:
+    """One request in flight: the app's task, the messages it sends, and the
+    disconnect the caller causes by closing the response early."""
+
+    def __init__(self, app: ASGIApp, scope: dict[str, Any], payload: bytes) -> None:
+        self.payload = payload
+        self.sent_body = False
+        self.disconnected = asyncio.Event()
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run(app, scope))
+        self.body = self._chunks()
+
+    async def response(self) -> Response:
+        """The response, once the app has sent its status line."""
+        try:
+            start = await self.messages.get()
+        except asyncio.CancelledError:
+            self._stop()
+            raise
+        if start["type"] != "http.response.start":
+            self._stop()
+            error = start.get("error")
+            raise RuntimeError(f"the app answered no response: {error!r}") from error
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in start.get("headers", [])
+        }
+        return Response(start["status"], headers, self.body, self._close)
+
+    async def _receive(self) -> dict[str, Any]:
+        if not self.sent_body:
+            self.sent_body = True
+            return {"type": "http.request", "body": self.payload, "more_body": False}
+        await self.disconnected.wait()
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        await messages.put(message)
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.messages.put(message)
 
-    async def run() -> None:
+    async def _run(self, app: ASGIApp, scope: dict[str, Any]) -> None:
         try:
-            await app(scope, receive, send)
-        except Exception as error:  # the app failed before or while answering
-            await messages.put({"type": "app.error", "error": error})
+            await app(scope, self._receive, self._send)
+        except Exception as error:  # noqa: BLE001 - the app failed before or while answering: the reader gets it
+            await self.messages.put({"type": "app.error", "error": error})
         finally:
-            await messages.put({"type": "app.done"})
+            await self.messages.put({"type": "app.done"})
 
-    task = asyncio.create_task(run())
-
-    def stop() -> None:
+    def _stop(self) -> None:
         """Disconnect, as uvicorn does when a client goes away: vLLM's handlers
         notice it and abort the request. A task that has not ended after a
         short grace period is cancelled outright."""
-        disconnected.set()
-        if not task.done():
-            asyncio.get_running_loop().call_later(CANCEL_GRACE_S, _cancel, task)
+        self.disconnected.set()
+        if not self.task.done():
+            asyncio.get_running_loop().call_later(CANCEL_GRACE_S, _cancel, self.task)
 
-    try:
-        start = await messages.get()
-    except asyncio.CancelledError:
-        stop()
-        raise
-    if start["type"] != "http.response.start":
-        stop()
-        error = start.get("error")
-        raise RuntimeError(f"the app answered no response: {error!r}") from error
-
-    async def finish(abort: bool) -> None:
+    async def _finish(self, abort: bool) -> None:
         if abort:
-            stop()
-        await asyncio.gather(task, return_exceptions=True)
+            self._stop()
+        await asyncio.gather(self.task, return_exceptions=True)
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
         complete = False
         try:
             while True:
-                message = await messages.get()
+                message = await self.messages.get()
                 kind = message["type"]
                 if kind == "http.response.body":
                     data = message.get("body", b"")
@@ -155,16 +175,8 @@ async def request(
                     complete = True
                     return
         finally:
-            await finish(abort=not complete)
+            await self._finish(abort=not complete)
 
-    headers_out = {
-        key.decode("latin-1").lower(): value.decode("latin-1")
-        for key, value in start.get("headers", [])
-    }
-    body_iter = chunks()
-
-    async def close() -> None:
-        await body_iter.aclose()
-        await finish(abort=True)
-
-    return Response(start["status"], headers_out, body_iter, close)
+    async def _close(self) -> None:
+        await self.body.aclose()
+        await self._finish(abort=True)

@@ -4,13 +4,22 @@ A failed job carries the JSON text of ``{"error": {"message", "type", "param",
 "code"}}`` where ``code`` is the HTTP status ``vllm serve`` would have answered
 with. The runpod SDK sets a job's error to ``str(item["error"])``, so the object
 is yielded already serialized (see shared/runpod-protocol.md).
+
+The local endpoint's and the playground proxy's routes refuse a request by
+raising ``HTTPError``; one exception handler (``answer_http_error``) turns it
+into the JSON response. Load-balancing mode's front, plain ASGI, answers one
+with ``load_balancing.refuse``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 
 class ConfigError(Exception):
@@ -18,8 +27,32 @@ class ConfigError(Exception):
     Its message is one line naming the variable, the value and what is accepted."""
 
 
-class JobError(Exception):
-    """A job cannot be served; carries what the caller sees."""
+class HTTPError(Exception):
+    """A request refused: its HTTP status, a message naming what is wrong, and
+    any headers the answer carries (``Retry-After``). Answered as
+    ``{"error": message}``, RunPod's shape; subclasses give their own ``body``."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+        self.headers = dict(headers) if headers else None
+
+    def body(self) -> Any:
+        return {"error": self.message}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+async def answer_http_error(request: Request, error: Exception) -> JSONResponse:
+    """The Starlette exception handler for ``HTTPError`` (and so ``JobError``)."""
+    assert isinstance(error, HTTPError)
+    return error.response()
+
+
+class JobError(HTTPError):
+    """A job cannot be served; carries what the caller sees, in vLLM's shape."""
 
     def __init__(
         self,
@@ -28,9 +61,7 @@ class JobError(Exception):
         param: str | None = None,
         type: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = int(status)
+        super().__init__(status, message)
         self.param = param
         self.type = type or _error_type(self.status)
 

@@ -94,7 +94,9 @@ class Job:
 
 class JobQueue:
     """Queued jobs run by ``concurrency`` runners; finished jobs are kept for
-    ``retention_s`` seconds, and at most ``max_finished`` of them."""
+    ``retention_s`` seconds, and at most ``max_finished`` of them. A job that
+    ends, other than by a purge, is handed to ``on_finished`` in a task of its
+    own (the local endpoint posts webhooks with it)."""
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ import uvicorn
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .errors import ConfigError, JobError
+from .errors import ConfigError, HTTPError, JobError
 from .settings import Settings
 
 if TYPE_CHECKING:  # importing them imports vLLM, which the mode does after opening its ports
@@ -180,7 +180,7 @@ class HealthOnly:
         elif scope["path"] == HEALTH_PATH:
             await self.front.ping(scope, receive, send)
         else:
-            await JSONResponse({"error": f"only {HEALTH_PATH} is served on this port"}, 404)(scope, receive, send)
+            await refuse(scope, receive, send, HTTPError(404, f"only {HEALTH_PATH} is served on this port"))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -201,13 +201,14 @@ def too_busy(limit: int) -> JobError:
     )
 
 
-async def refuse(scope: Scope, receive: Receive, send: Send, error: JobError) -> None:
-    """Answer ``error`` as vLLM's error object (HTTP) or a close (WebSocket)."""
+async def refuse(scope: Scope, receive: Receive, send: Send, error: HTTPError) -> None:
+    """Answer ``error`` as its JSON error (HTTP; ``Retry-After`` with a 429 or
+    a 503) or a close (WebSocket)."""
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         await send({"type": "websocket.close", "code": 1013 if error.status in (429, 503) else 1011})
         return
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status in (429, 503) else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status in (429, 503) else error.headers
     await JSONResponse(error.body(), status_code=error.status, headers=headers)(scope, receive, send)
 
 

@@ -34,6 +34,8 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .errors import HTTPError, answer_http_error
+
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -135,8 +137,11 @@ def upstream(endpoint: str | None, url: str | None, key_env: str = "RUNPOD_API_K
     return Upstream(base, key, key_env, match.group(1) if match else None)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "PlaygroundError", "code": status}}, status_code=status)
+class ProxyRefusal(HTTPError):
+    """A request the proxy does not forward, or cannot."""
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": "PlaygroundError", "code": self.status}}
 
 
 def _same_origin(request: Request) -> bool:
@@ -150,13 +155,13 @@ def proxy_routes(target: Upstream, client: httpx.AsyncClient) -> list[BaseRoute]
     async def forward(request: Request) -> Response:
         path = request.path_params["path"]
         if (request.method, path) not in PROXIED:
-            return _error(404, "the playground forwards only GET /v1/models and POST /v1/chat/completions")
+            raise ProxyRefusal(404, "the playground forwards only GET /v1/models and POST /v1/chat/completions")
         if not _same_origin(request):
-            return _error(403, "requests from another site are not forwarded")
+            raise ProxyRefusal(403, "requests from another site are not forwarded")
         headers = {"Accept": request.headers.get("accept", "*/*"), "Accept-Encoding": "identity"}
         if request.method == "POST":
             if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-                return _error(415, "send the request body as application/json")
+                raise ProxyRefusal(415, "send the request body as application/json")
             headers["Content-Type"] = "application/json"
         if target.api_key:
             headers["Authorization"] = f"Bearer {target.api_key}"
@@ -165,7 +170,7 @@ def proxy_routes(target: Upstream, client: httpx.AsyncClient) -> list[BaseRoute]
         try:
             answer = await client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
-            return _error(502, f"cannot reach {target.base_url}: {type(exc).__name__} {exc}".strip())
+            raise ProxyRefusal(502, f"cannot reach {target.base_url}: {type(exc).__name__} {exc}".strip()) from None
         return StreamingResponse(
             _relay(answer), status_code=answer.status_code,
             media_type=answer.headers.get("content-type", "application/json"),
@@ -212,6 +217,7 @@ def proxy_app(target: Upstream, host: str = "127.0.0.1") -> Starlette:
     return Starlette(
         routes=[*page_routes(target.config), *proxy_routes(target, client)],
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={HTTPError: answer_http_error},
         lifespan=lifespan,
     )
 

@@ -20,6 +20,7 @@ from conftest import CAPITAL, GREEDY, native_text, serving
 
 from handler.endpoint import LocalEndpoint
 from handler.jobqueue import JobQueue
+from handler.runpod_api import deliver_webhook
 from handler.settings import Settings
 from handler.worker import Worker
 
@@ -29,7 +30,7 @@ LONG = {"messages": CAPITAL, "sampling_params": {"max_tokens": 4000, "ignore_eos
 
 @asynccontextmanager
 async def local_endpoint(worker, api_key=None):
-    queue = JobQueue(worker.handle, worker.concurrency())
+    queue = JobQueue(worker.handle, worker.concurrency(), on_finished=deliver_webhook)
     endpoint = LocalEndpoint(queue)
     queue.start()
     try:
