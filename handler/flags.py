@@ -10,6 +10,7 @@ the same command line. The engine and vLLM's OpenAI app are both built from it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -96,11 +97,30 @@ class Flag:
                 + "/".join(TRUE + FALSE)
             )
         if self.is_list:
-            words = shlex.split(value)
+            words = list_words(value)
             if vi.is_append_action(self.action):
                 return [arg for word in words for arg in (self.option, word)]
             return [self.option, *words]
         return [f"{self.option}={value}"]
+
+
+def list_words(value: str) -> list[str]:
+    """A list flag's words. A JSON array gives one word per item, an object
+    one word (as JSON text): worker-vllm's
+    ``LORA_MODULES='[{"name": "a", "path": "org/a"}]'``, which vLLM's
+    ``--lora-modules`` reads one JSON object a word. Anything else is split
+    as a shell would: ``SERVED_MODEL_NAME="a b"``, ``LORA_MODULES="a=/path"``."""
+    text = value.strip()
+    if text[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return [text]
+        if isinstance(parsed, list):
+            return [item if isinstance(item, str) else json.dumps(item) for item in parsed]
+    return shlex.split(value)
 
 
 def new_parser() -> argparse.ArgumentParser:

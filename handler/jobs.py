@@ -47,6 +47,15 @@ class NativeJob(BaseModel):
         default_factory=dict, description="Any field of vLLM's SamplingParams."
     )
     stream: StrictBool = Field(False, description="Yield text as it is generated.")
+    model: str | None = Field(
+        None, description="A served model or LoRA adapter (default: the served model)."
+    )
+    tools: list[Any] | None = Field(
+        None, description="Tools the model may call (a chat only), as in the chat API."
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="The chat API's tool_choice (a chat only)."
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> NativeJob:
@@ -55,6 +64,8 @@ class NativeJob(BaseModel):
                 'give exactly one of "prompt" (text) or "messages" (a chat), '
                 'or "openai_route" for an OpenAI request'
             )
+        if self.prompt is not None and (self.tools is not None or self.tool_choice is not None):
+            raise ValueError('"tools" and "tool_choice" need "messages" (a chat), not "prompt"')
         return self
 
     @property

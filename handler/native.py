@@ -150,7 +150,7 @@ def to_request(job: NativeJob, model: str) -> tuple[str, dict[str, Any]]:
     """The route and body of the OpenAI request that serves a native job
     (checked by ``check`` when it was parsed)."""
     fields = {RENAMED.get(name, name): value for name, value in job.sampling_params.items()}
-    body: dict[str, Any] = {"model": model, **fields}
+    body: dict[str, Any] = {"model": job.model or model, **fields}
     # A missing max_tokens means the rest of the context window. The chat API
     # does that for null; the completions API turns null into 16, so for a
     # prompt job the worker fills it in (see ``rest_of_context``).
@@ -158,6 +158,9 @@ def to_request(job: NativeJob, model: str) -> tuple[str, dict[str, Any]]:
     if job.is_chat:
         route = CHAT
         body["messages"] = job.messages
+        for name in ("tools", "tool_choice"):
+            if getattr(job, name) is not None:
+                body[name] = getattr(job, name)
         body["max_completion_tokens"] = max_tokens
         logprobs = body.get("logprobs")
         if isinstance(logprobs, int) and not isinstance(logprobs, bool):
@@ -258,7 +261,7 @@ def _has_news(choice: dict[str, Any]) -> bool:
 
 def merge(deltas: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Several native deltas as one streamed item: pieces of text per choice,
-    the latest finish reason and usage."""
+    tool calls joined by their index, the latest finish reason and usage."""
     by_index: dict[int, dict[str, Any]] = {}
     usage = None
     for delta in deltas:
@@ -272,6 +275,8 @@ def merge(deltas: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 if key not in ("index", "tokens") and value is not None:
                     if key == "logprobs" and "logprobs" in merged:
                         merged[key] = _join_logprobs(merged[key], value)
+                    elif key == "tool_calls" and "tool_calls" in merged:
+                        merged[key] = _join_tool_calls(merged[key], value)
                     else:
                         merged[key] = value
     return {
@@ -290,3 +295,26 @@ def _join_logprobs(first: Any, second: Any) -> Any:
                 joined[key] = value
         return joined
     return second
+
+
+def _join_tool_calls(first: list[Any], second: list[Any]) -> list[Any]:
+    """Streamed tool-call pieces joined by their ``index``: the first piece of
+    a call brings its id and name, later ones more of its arguments' text."""
+    joined = [dict(call, function=dict(call.get("function") or {})) for call in first]
+    by_index = {call.get("index"): call for call in joined}
+    for piece in second:
+        call = by_index.get(piece.get("index"))
+        if call is None:
+            call = dict(piece, function=dict(piece.get("function") or {}))
+            by_index[piece.get("index")] = call
+            joined.append(call)
+            continue
+        for key, value in piece.items():
+            if key != "function" and value is not None:
+                call[key] = value
+        for key, value in (piece.get("function") or {}).items():
+            if key == "arguments" and value:
+                call["function"]["arguments"] = (call["function"].get("arguments") or "") + value
+            elif value is not None:
+                call["function"][key] = value
+    return joined

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -21,6 +22,11 @@ from handler.worker import Worker  # noqa: E402
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "max_tokens": 32}
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The session's engine also serves a LoRA adapter (made by ``lora_adapter``)
+# under this name, and parses Hermes tool calls (test_lora.py, test_tool_calling.py).
+LORA_NAME = "smollm2-test-lora"
+TOOL_TEMPLATE = Path(__file__).resolve().parent.parent / "handler" / "smollm2_tool_chat_template.jinja"
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +34,48 @@ def fatal_reports() -> list[str]:
     return []
 
 
+def make_lora_adapter(model_dir: Path, target: Path) -> Path:
+    """A rank-4 LoRA adapter on q_proj/v_proj of the model in ``model_dir``,
+    saved with peft's ``save_pretrained``. Seeded random weights, B included
+    (peft's default B is zero, which would change nothing), so that greedy
+    output differs from the base model's (lora_alpha 12: a scale at which
+    the answer changes but stays words)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(str(target))
+    return target
+
+
 @pytest.fixture(scope="session")
-async def engine(fatal_reports: list[str]):
-    engine = Engine(Settings.from_env(), on_fatal=fatal_reports.append)
+def lora_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from handler import embedded_model
+
+    model_dir = embedded_model.prepare(Settings.from_env().embedded_model_dir, progress=False)
+    return make_lora_adapter(model_dir, tmp_path_factory.mktemp("lora") / LORA_NAME)
+
+
+def engine_environ(lora_adapter: Path) -> dict[str, str]:
+    """The process environment plus LoRA and tool calling, set as a user
+    would set them (worker-vllm's LORA_MODULES form)."""
+    return {
+        **os.environ,
+        "ENABLE_LORA": "true",
+        "LORA_MODULES": json.dumps([{"name": LORA_NAME, "path": str(lora_adapter)}]),
+        "ENABLE_AUTO_TOOL_CHOICE": "true",
+        "TOOL_CALL_PARSER": "hermes",
+        "CHAT_TEMPLATE": str(TOOL_TEMPLATE),
+    }
+
+
+@pytest.fixture(scope="session")
+async def engine(fatal_reports: list[str], lora_adapter: Path):
+    environ = engine_environ(lora_adapter)
+    engine = Engine(Settings.from_env(environ), environ=environ, on_fatal=fatal_reports.append)
     await engine.start()
     yield engine
     await engine.shutdown()

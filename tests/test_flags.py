@@ -47,6 +47,24 @@ def test_each_kind_of_flag_parses_from_env(table, kind):
     assert getattr(flags.parse(environ).args, dest) == expected
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "my-adapter=/adapters/a",
+        '{"name": "my-adapter", "path": "/adapters/a"}',
+        '[{"name": "my-adapter", "path": "/adapters/a"}]',  # worker-vllm's form
+    ],
+)
+def test_lora_modules_take_vllm_and_worker_vllm_forms(value):
+    args = flags.parse({"ENABLE_LORA": "true", "LORA_MODULES": value}).args
+    assert [(m.name, m.path) for m in args.lora_modules] == [("my-adapter", "/adapters/a")]
+
+
+def test_a_json_array_gives_a_list_flag_one_word_per_item():
+    args = flags.parse({"SERVED_MODEL_NAME": '["alpha", "beta gamma"]'}).args
+    assert args.served_model_name == ["alpha", "beta gamma"]
+
+
 def test_aliases_from_worker_vllm():
     args = flags.parse(
         {

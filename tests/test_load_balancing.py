@@ -21,7 +21,7 @@ import openai
 import psutil
 import pytest
 
-from conftest import CAPITAL, serving
+from conftest import CAPITAL, LORA_NAME, serving
 
 from handler.errors import ConfigError
 from handler.load_balancing import Front, Listen, listen_address
@@ -66,7 +66,7 @@ async def test_openai_sdk_chat_plain_and_streamed(url):
     assert "".join(pieces) == answer.choices[0].message.content
     assert len(pieces) > 3, "a real SSE stream, token by token"
 
-    assert [m.id for m in (await sdk.models.list()).data] == [MODEL]
+    assert [m.id for m in (await sdk.models.list()).data] == [MODEL, LORA_NAME]
     with pytest.raises(openai.NotFoundError) as raised:  # vLLM's own status and message
         await sdk.chat.completions.create(model="gpt-4", messages=CAPITAL)
     assert "gpt-4" in raised.value.message

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from conftest import CAPITAL, GREEDY, native_text, serving
+from conftest import CAPITAL, GREEDY, LORA_NAME, native_text, serving
 
 from handler.endpoint import LocalEndpoint
 from handler.jobqueue import JobQueue
@@ -85,7 +85,7 @@ async def test_openai_sdk_chat_completions_models_and_errors(server):
     )
     assert completion.choices[0].text.startswith(" 4, 5")
     models = await asyncio.to_thread(sdk.models.list)
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, LORA_NAME]
     with pytest.raises(openai.NotFoundError) as raised:
         await asyncio.to_thread(sdk.chat.completions.create, model="gpt-4", messages=CAPITAL)
     assert "gpt-4" in raised.value.message
@@ -93,7 +93,7 @@ async def test_openai_sdk_chat_completions_models_and_errors(server):
         await asyncio.to_thread(sdk.chat.completions.create, model="gpt-4", messages=CAPITAL, stream=True)
 
     root = openai.OpenAI(base_url=f"{url}/openai/v1", api_key="x", max_retries=0)
-    assert [m.id for m in (await asyncio.to_thread(root.models.list)).data] == [MODEL]
+    assert [m.id for m in (await asyncio.to_thread(root.models.list)).data] == [MODEL, LORA_NAME]
 
 
 async def test_runpod_sdk_run_sync(rp):
@@ -273,4 +273,4 @@ async def test_execution_timeout_and_purge_queue(engine):
 async def test_openai_paths_at_the_root_v1(server):
     url, _ = server
     sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
-    assert [m.id for m in (await asyncio.to_thread(sdk.models.list)).data] == [MODEL]
+    assert [m.id for m in (await asyncio.to_thread(sdk.models.list)).data] == [MODEL, LORA_NAME]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import CAPITAL, GREEDY, job_error, native_text, run_job
+from conftest import CAPITAL, GREEDY, LORA_NAME, job_error, native_text, run_job
 
 from handler.streaming import event_data
 
@@ -64,7 +64,7 @@ async def test_completion_and_its_stream(worker):
 async def test_models_is_a_get_without_body(worker):
     for job in ({"openai_route": "/v1/models"}, {"openai_route": "/v1/models", "openai_input": {}}):
         [models] = await run_job(worker, job)
-        assert [m["id"] for m in models["data"]] == [MODEL]
+        assert [m["id"] for m in models["data"]] == [MODEL, LORA_NAME]  # the session engine's adapter
 
 
 async def test_responses_api(worker):

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import serving
+from conftest import LORA_NAME, serving
 
 from handler import playground
 from handler.endpoint import LocalEndpoint
@@ -190,7 +190,7 @@ async def test_page_routes_and_labelled_controls(browser, endpoint_url):
         nameless = await page.evaluate("""() => [...document.querySelectorAll("button")]
             .filter((el) => !el.textContent.trim()).map((el) => el.outerHTML)""")
         assert nameless == []
-        assert await page.get_by_label("Model").evaluate("el => [...el.options].map(o => o.value)") == [MODEL]
+        assert await page.get_by_label("Model").evaluate("el => [...el.options].map(o => o.value)") == [MODEL, LORA_NAME]
         assert page.foreign == []
 
 
