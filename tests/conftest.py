@@ -6,9 +6,10 @@ import asyncio
 import json
 import os
 import socket
+import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,9 +17,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import uvicorn  # noqa: E402
 
-from handler.engine import Engine  # noqa: E402
 from handler.settings import Settings  # noqa: E402
-from handler.worker import Worker  # noqa: E402
+
+if TYPE_CHECKING:  # vLLM is imported only by the tests that boot the engine
+    from handler.engine import Engine
+    from handler.worker import Worker
+
+# Fixtures that boot the engine: `make test-fast` (pytest --fast) deselects the
+# tests that use them, and those marked `vllm`.
+ENGINE_FIXTURES = {"engine", "worker", "lora_adapter"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true", help="only tests that need no engine and no vLLM")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--fast"):
+        return
+    keep, drop = [], []
+    for item in items:
+        slow = item.get_closest_marker("vllm") or ENGINE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        (drop if slow else keep).append(item)
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "max_tokens": 32}
@@ -74,6 +96,8 @@ def engine_environ(lora_adapter: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 async def engine(fatal_reports: list[str], lora_adapter: Path):
+    from handler.engine import Engine
+
     environ = engine_environ(lora_adapter)
     engine = Engine(Settings.from_env(environ), environ=environ, on_fatal=fatal_reports.append)
     await engine.start()
@@ -83,6 +107,8 @@ async def engine(fatal_reports: list[str], lora_adapter: Path):
 
 @pytest.fixture(scope="session")
 def worker(engine: Engine) -> Worker:
+    from handler.worker import Worker
+
     return Worker(engine)
 
 
@@ -132,6 +158,9 @@ _exit_status = 0
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     global _exit_status
     _exit_status = int(exitstatus)
+    if session.config.getoption("--fast") and "vllm" in sys.modules:
+        print("\n--fast: a test imported vLLM; mark it @pytest.mark.vllm or keep it out of FAST_TESTS", file=sys.stderr)
+        _exit_status = _exit_status or 1
 
 
 @pytest.hookimpl(trylast=True)
