@@ -165,7 +165,7 @@ class Use:
 
 USES = [
     # engine.py: build the engine the way vLLM's server does, start it, watch it
-    Use("handler/engine.py", "vi.current_platform.is_cpu()", has("current_platform.is_cpu")),
+    Use("handler/config.py", "vi.current_platform.is_cpu()", has("current_platform.is_cpu")),
     Use("handler/engine.py", "vi.engine_dead(ready.llm)", has("AsyncLLM.errored", "AsyncLLM.dead_error")),
     Use("handler/engine.py", "vi.import_parser_plugins(args)", both(
         has("ToolParserManager.import_tool_parser", "ReasoningParserManager.import_reasoning_parser"),
