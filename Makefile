@@ -2,8 +2,8 @@
 #   make run    - one job from test_input.json through the real handler and engine
 #   make test   - the test suite (boots the same engine once)
 #   make test-fast - the tests that need no engine and no vLLM (seconds)
-#   make lint   - ruff (lint and format check) and mypy, as configured in pyproject.toml
-#                 (not yet clean, so not yet run by make test: see issue 10's note)
+#   make lint   - ruff (lint and format check) and mypy, as configured in pyproject.toml;
+#                 make test runs it first
 #   make serve  - a local RunPod endpoint (and /openai/v1) on 127.0.0.1:8000
 #   make http   - load-balancing mode: vLLM's OpenAI server and /ping on 127.0.0.1:8000
 VENV   := .venv
@@ -31,7 +31,7 @@ serve: model
 http: model
 	$(PYTHON) -m handler http $(if $(PORT),--port $(PORT))
 
-test: model
+test: model lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # No engine, no vLLM import (conftest's --fast fails the run if a test imports it).

@@ -24,10 +24,10 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
-import socket
 import tempfile
 import time
 import urllib.error
@@ -63,8 +63,9 @@ async def bare() -> None:
 
     marks = {"imports": since_start()}
     # the engine arguments the worker uses for the embedded model on CPU
-    engine_args = AsyncEngineArgs(model=str(embedded_dir()), enforce_eager=True, gpu_memory_utilization=0.3,
-                                  served_model_name=[SERVED_NAME])
+    engine_args = AsyncEngineArgs(
+        model=str(embedded_dir()), enforce_eager=True, gpu_memory_utilization=0.3, served_model_name=[SERVED_NAME]
+    )
     llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
     marks["engine_ready"] = since_start()
     params = SamplingParams(max_tokens=1, temperature=0, output_kind=RequestOutputKind.DELTA)
@@ -76,15 +77,19 @@ async def bare() -> None:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    return {
+        **os.environ,
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+    }
 
 
 def measure(command: list[str]) -> dict[str, float]:
     env = _env()
     spawned = time.time()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     result: dict[str, float] = {}
+    assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("[stream]") and "wall" not in result:
             result["wall"] = time.time() - spawned
@@ -104,8 +109,7 @@ def free_port() -> int:
 def measure_server(command: list[str], port: int) -> dict[str, float]:
     """worker-vllm's design: poll `/health` every 2 s, then stream one token."""
     spawned = time.time()
-    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -119,8 +123,9 @@ def measure_server(command: list[str], port: int) -> dict[str, float]:
                 pass
             time.sleep(2)
         ready = time.time() - spawned
-        body = json.dumps({"model": SERVED_NAME, "prompt": PROMPT, "max_tokens": 1, "temperature": 0,
-                           "stream": True}).encode()
+        body = json.dumps(
+            {"model": SERVED_NAME, "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "stream": True}
+        ).encode()
         request = urllib.request.Request(f"{base}/v1/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             for line in response:
@@ -138,9 +143,22 @@ def measure_server(command: list[str], port: int) -> dict[str, float]:
 
 def server_command(port: int) -> list[str]:
     """`vllm serve` with the engine arguments the worker uses for the embedded model on CPU."""
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_dir()),
-            "--served-model-name", SERVED_NAME, "--enforce-eager", "--gpu-memory-utilization", "0.3",
-            "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(embedded_dir()),
+        "--served-model-name",
+        SERVED_NAME,
+        "--enforce-eager",
+        "--gpu-memory-utilization",
+        "0.3",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 def main(runs: int) -> None:
@@ -149,14 +167,15 @@ def main(runs: int) -> None:
     port = free_port()
     commands = {
         "worker (python -m handler run)": lambda: measure(
-            [sys.executable, "-m", "handler", "run", "--timings", "--input", job_file.name]),
+            [sys.executable, "-m", "handler", "run", "--timings", "--input", job_file.name]
+        ),
         "worker-vllm design (vllm serve, /health every 2 s)": lambda: measure_server(server_command(port), port),
         "bare AsyncLLM script": lambda: measure([sys.executable, str(Path(__file__).resolve()), "--bare"]),
     }
     names = list(commands)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
     for round_number in range(runs):
-        order = names[round_number % len(names):] + names[:round_number % len(names)]
+        order = names[round_number % len(names) :] + names[: round_number % len(names)]
         for name in order:
             results[name].append(commands[name]())
             print(f"round {round_number + 1}: {name}: {results[name][-1]['wall']:.2f} s", flush=True)
@@ -166,8 +185,10 @@ def main(runs: int) -> None:
         values = [r[key] for r in results[name] if key in r]
         return statistics.median(values) if values else float("nan")
 
-    print(f"\ncold start on the embedded model, median of {runs} runs, {os.cpu_count()} CPUs "
-          "(seconds since process start)")
+    print(
+        f"\ncold start on the embedded model, median of {runs} runs, {os.cpu_count()} CPUs "
+        "(seconds since process start)"
+    )
     print("| process | imports | engine boot | first token | to first token | spawn -> first token (parent) |")
     print("|---|---|---|---|---|---|")
     for name in commands:
@@ -176,8 +197,10 @@ def main(runs: int) -> None:
         cells = ["-" if cell == "nan" else cell for cell in cells]
         print(f"| {name} | {' | '.join(cells)} | {median(name, 'wall'):.2f} |")
     worker, server, floor = (median(n, "wall") for n in commands)
-    print(f"\nthe worker adds {worker - floor:+.2f} s to the bare script (target: <= 0.5 s); "
-          f"worker-vllm's design adds {server - floor:+.2f} s")
+    print(
+        f"\nthe worker adds {worker - floor:+.2f} s to the bare script (target: <= 0.5 s); "
+        f"worker-vllm's design adds {server - floor:+.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -67,12 +68,22 @@ class Server:
         # The worker's "engine ready" line marks the moment /ping may say 200. Without
         # SAGEMAKER_CONTAINER_LOG_LEVEL, a module vLLM's app imports sets the root
         # logger to ERROR, and the worker's INFO lines after the boot are lost.
-        env = {**os.environ, "MAX_CONCURRENCY": str(CONCURRENCY), "UVICORN_LOG_LEVEL": "warning",
-               "VLLM_LOGGING_LEVEL": "INFO", "SAGEMAKER_CONTAINER_LOG_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            "MAX_CONCURRENCY": str(CONCURRENCY),
+            "UVICORN_LOG_LEVEL": "warning",
+            "VLLM_LOGGING_LEVEL": "INFO",
+            "SAGEMAKER_CONTAINER_LOG_LEVEL": "INFO",
+        }
         self.spawned = time.time()
         with self.log.open("w") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "handler", command, "--port", str(self.port)],
-                                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "handler", command, "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def engine_ready_at(self) -> float:
@@ -97,7 +108,7 @@ async def wait_ready(http, server: Server, path: str) -> dict[str, float]:
     marks: dict[str, float] = {}
     while True:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.process.args} exited; see {server.log}")
+            raise RuntimeError(f"{server.process.args!r} exited; see {server.log}")
         try:
             status = (await http.get(server.url + path)).status_code
         except httpx.TransportError:
@@ -115,8 +126,9 @@ async def wait_ready(http, server: Server, path: str) -> dict[str, float]:
 async def direct(llm) -> tuple[float, int]:
     from handler import vllm_internals as vi
 
-    params = vi.SamplingParams(max_tokens=TOKENS, ignore_eos=True, temperature=0,
-                               output_kind=vi.RequestOutputKind.DELTA)
+    params = vi.SamplingParams(
+        max_tokens=TOKENS, ignore_eos=True, temperature=0, output_kind=vi.RequestOutputKind.DELTA
+    )
     start = time.perf_counter()
     first = None
     count = 0
@@ -124,13 +136,21 @@ async def direct(llm) -> tuple[float, int]:
         if first is None and out.outputs[0].token_ids:
             first = time.perf_counter() - start
         count += len(out.outputs[0].token_ids)
+    assert first is not None, "no token came back"
     return first, count
 
 
 async def over_http(http, url: str) -> tuple[float, int]:
     """One streamed /v1/completions: time to the first text, tokens generated."""
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": TOKENS, "ignore_eos": True, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "max_tokens": TOKENS,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     first = None
     count = 0
@@ -145,6 +165,7 @@ async def over_http(http, url: str) -> tuple[float, int]:
                 first = time.perf_counter() - start
             if event.get("usage"):
                 count = event["usage"]["completion_tokens"]
+    assert first is not None, "no token came back"
     return first, count
 
 
@@ -183,15 +204,19 @@ async def throughput(rounds: int) -> None:
     base = await measure(lambda: direct(ready.llm), rounds)
     await engine.shutdown()
     base_rate, base_ttft = statistics.median(base[0]), statistics.median(base[1])
-    print(f"\n{CONCURRENCY} concurrent streams x {TOKENS} tokens, {rounds} rounds, "
-          f"{os.cpu_count()} CPUs, model {ready.served_model}")
+    print(
+        f"\n{CONCURRENCY} concurrent streams x {TOKENS} tokens, {rounds} rounds, "
+        f"{os.cpu_count()} CPUs, model {ready.served_model}"
+    )
     print("| path | tokens/s (median) | ratio to (a) | first token p50 (ms) | vs (a) (ms) |")
     print("|---|---|---|---|---|")
 
     def row(name: str, rates: list[float], firsts: list[float]) -> None:
         rate, ttft = statistics.median(rates), statistics.median(firsts)
-        print(f"| {name} | {rate:.1f} | {rate / base_rate:.3f} | {ttft * 1000:.0f} | "
-              f"{(ttft - base_ttft) * 1000:+.0f} |", flush=True)
+        print(
+            f"| {name} | {rate:.1f} | {rate / base_rate:.3f} | {ttft * 1000:.0f} | {(ttft - base_ttft) * 1000:+.0f} |",
+            flush=True,
+        )
 
     row("(a) AsyncLLM.generate", *base)
 
@@ -205,9 +230,10 @@ async def throughput(rounds: int) -> None:
             server = Server(command)
             try:
                 await wait_ready(http, server, ready_path)
-                row(name, *await measure(lambda: over_http(http, server.url + route), rounds))
+                row(name, *await measure(functools.partial(over_http, http, server.url + route), rounds))
             finally:
                 server.stop()
+
 
 def bare_boot() -> None:
     """The floor for a cold start: import vLLM, boot AsyncLLM with the
@@ -218,8 +244,9 @@ def bare_boot() -> None:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     model = Path(os.environ.get("EMBEDDED_MODEL_DIR") or Path.home() / ".cache/vllm-worker/SmolLM2-135M-Instruct")
-    engine_args = AsyncEngineArgs(model=str(model), enforce_eager=True, gpu_memory_utilization=0.3,
-                                  served_model_name=[MODEL])
+    engine_args = AsyncEngineArgs(
+        model=str(model), enforce_eager=True, gpu_memory_utilization=0.3, served_model_name=[MODEL]
+    )
     llm = AsyncLLM.from_engine_args(engine_args)
     print("ready", flush=True)
     llm.shutdown()
@@ -227,8 +254,14 @@ def bare_boot() -> None:
 
 def bare_cold_start() -> float:
     spawned = time.time()
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--bare-boot"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--bare-boot"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
     for line in process.stdout:
         if line.strip() == "ready":
             elapsed = time.time() - spawned
@@ -265,8 +298,10 @@ def cold_start(runs: int) -> None:
     print(f"\ncold start on the embedded model, median of {runs} runs, {os.cpu_count()} CPUs (seconds from spawn)")
     print("| process | first 204 on /ping | ready (first 200 on /ping) | /ping 200 after engine ready |")
     print("|---|---|---|---|")
-    print(f"| load-balancing mode (python -m handler http) | {median('first_204'):.2f} | "
-          f"{median('first_200'):.2f} | {median('ping_lag'):.3f} |")
+    print(
+        f"| load-balancing mode (python -m handler http) | {median('first_204'):.2f} | "
+        f"{median('first_200'):.2f} | {median('ping_lag'):.3f} |"
+    )
     print(f"| bare AsyncLLM boot | | {statistics.median(bare):.2f} | |")
     print(f"\nthe mode adds {median('first_200') - statistics.median(bare):+.2f} s to the bare boot")
 

@@ -48,6 +48,7 @@ async def direct(engine) -> tuple[float, int]:
         if first is None and out.outputs[0].token_ids:
             first = time.perf_counter() - start
         count += len(out.outputs[0].token_ids)
+    assert first is not None, "no token came back"
     return first, count
 
 
@@ -69,6 +70,7 @@ async def through_handler(worker, job_input) -> tuple[float, int]:
                     count = data["usage"]["completion_tokens"]
         elif "usage" in item:
             count = item["usage"].get("output") or item["usage"].get("completion_tokens") or count
+    assert first is not None, "no token came back"
     return first, count
 
 
@@ -81,9 +83,7 @@ def scenarios(engine, worker, model: str):
         "(b) native job, streamed": lambda: through_handler(
             worker, {"prompt": PROMPT, "sampling_params": sampling, "stream": True}
         ),
-        "(c) OpenAI job": lambda: through_handler(
-            worker, {"openai_route": "/v1/completions", "openai_input": openai}
-        ),
+        "(c) OpenAI job": lambda: through_handler(worker, {"openai_route": "/v1/completions", "openai_input": openai}),
         "(d) OpenAI job, streamed": lambda: through_handler(
             worker, {"openai_route": "/v1/completions", "openai_input": {**openai, **stream_usage}}
         ),
@@ -122,15 +122,18 @@ async def main(rounds: int) -> None:
 
     base_rate = statistics.median(rates["(a) AsyncLLM.generate"])
     base_ttft = statistics.median(firsts["(a) AsyncLLM.generate"])
-    print(f"\n{CONCURRENCY} concurrent requests x {TOKENS} tokens, {rounds} rounds, "
-          f"{os.cpu_count()} CPUs, model {ready.served_model}")
-    print(f"| path | tokens/s (median) | ratio to (a) | first output p50 (ms) | vs (a) (ms) |")
+    print(
+        f"\n{CONCURRENCY} concurrent requests x {TOKENS} tokens, {rounds} rounds, "
+        f"{os.cpu_count()} CPUs, model {ready.served_model}"
+    )
+    print("| path | tokens/s (median) | ratio to (a) | first output p50 (ms) | vs (a) (ms) |")
     print("|---|---|---|---|---|")
     for name in table:
         rate = statistics.median(rates[name])
         ttft = statistics.median(firsts[name])
-        print(f"| {name} | {rate:.1f} | {rate / base_rate:.3f} | {ttft * 1000:.0f} | "
-              f"{(ttft - base_ttft) * 1000:+.0f} |")
+        print(
+            f"| {name} | {rate:.1f} | {rate / base_rate:.3f} | {ttft * 1000:.0f} | {(ttft - base_ttft) * 1000:+.0f} |"
+        )
 
 
 if __name__ == "__main__":

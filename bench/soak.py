@@ -95,10 +95,9 @@ class Report:
 
 
 def fuzzed_inputs(count: int, seed: int) -> list[Any]:
+    import job_inputs
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as fixed_seed
-
-    import job_inputs
 
     drawn: list[Any] = []
 
@@ -124,16 +123,24 @@ def clear_error(error: Any) -> bool:
 
 
 async def fuzz(http: Any, inputs: list[Any], deadline: float, report: Report) -> dict[str, int]:
-    counts = {"completed": 0, "failed clearly": 0, "refused by the endpoint": 0, "crashes": 0, "lost": 0,
-              "unclear": 0, "timed out": 0}
+    counts = {
+        "completed": 0,
+        "failed clearly": 0,
+        "refused by the endpoint": 0,
+        "crashes": 0,
+        "lost": 0,
+        "unclear": 0,
+        "timed out": 0,
+    }
     examples: dict[str, str] = {}
     pending = iter(enumerate(inputs))
 
     async def one(job_input: Any) -> None:
         body = json.dumps({"input": job_input, "policy": {"executionTimeout": 120_000}})
         try:
-            answer = await http.post("/v2/local/runsync?wait=150000", content=body,
-                                     headers={"Content-Type": "application/json"})
+            answer = await http.post(
+                "/v2/local/runsync?wait=150000", content=body, headers={"Content-Type": "application/json"}
+            )
         except Exception as error:  # noqa: BLE001 - the endpoint did not answer
             counts["crashes"] += 1
             examples.setdefault("crash", f"{type(error).__name__}: {error}")
@@ -232,8 +239,13 @@ async def cancel_idle(http: Any, engine: Any) -> float:
 async def hang_up_idle(url: str, headers: dict[str, str], engine: Any) -> float:
     import httpx
 
-    body = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "prompt": "1,", "max_tokens": 3000,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "prompt": "1,",
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         async with client.stream("POST", "/v2/local/openai/v1/completions", json=body) as answer:
             chunks = 0
@@ -279,8 +291,9 @@ async def in_process(args: argparse.Namespace, report: Report, secret_env: dict[
     queue.start()
     port = free_port()
     api_key = secret_env["LOCAL_API_KEY"]
-    server = uvicorn.Server(uvicorn.Config(LocalEndpoint(queue, settings).app(api_key), host=HOST, port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(LocalEndpoint(queue, settings).app(api_key), host=HOST, port=port, log_level="warning")
+    )
     serving = asyncio.create_task(server.serve())
     url = f"http://{HOST}:{port}"
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -295,18 +308,27 @@ async def in_process(args: argparse.Namespace, report: Report, secret_env: dict[
             counts = await fuzz(http, inputs, start + args.fuzz_minutes * 60, report)
             ran = sum(counts.values())
             elapsed = time.monotonic() - start
-            report.add("fuzzed inputs sent", f"{args.fuzz}", f"{ran} in {elapsed:.0f} s"
-                       + ("" if ran == len(inputs) else " (stopped at the time limit)"))
-            report.add("... completed / failed with a clear 4xx / refused by the endpoint (4xx)", "",
-                       f"{counts['completed']} / {counts['failed clearly']} / {counts['refused by the endpoint']}")
+            report.add(
+                "fuzzed inputs sent",
+                f"{args.fuzz}",
+                f"{ran} in {elapsed:.0f} s" + ("" if ran == len(inputs) else " (stopped at the time limit)"),
+            )
+            report.add(
+                "... completed / failed with a clear 4xx / refused by the endpoint (4xx)",
+                "",
+                f"{counts['completed']} / {counts['failed clearly']} / {counts['refused by the endpoint']}",
+            )
             report.add("crashes (no answer, or a 5xx)", "0", str(counts["crashes"]))
             report.add("lost jobs (never final)", "0", str(counts["lost"] + counts["timed out"]))
             report.add("unclear errors (5xx for bad input, unparseable or empty)", "0", str(counts["unclear"]))
 
             say(f"burst of {args.burst} short jobs ...")
             completed, lost, took = await burst(http, args.burst)
-            report.add(f"burst of {args.burst} short jobs", f"{args.burst} completed",
-                       f"{completed} completed, {lost} lost, in {took:.0f} s")
+            report.add(
+                f"burst of {args.burst} short jobs",
+                f"{args.burst} completed",
+                f"{completed} completed, {lost} lost, in {took:.0f} s",
+            )
 
             say("cancels, hang-ups and timeouts ...")
             cancels, hang_ups, timeouts = [], [], []
@@ -318,8 +340,12 @@ async def in_process(args: argparse.Namespace, report: Report, secret_env: dict[
             report.add("engine idle after a client hang-up", "< 0.5 s", seconds(hang_ups))
             report.add("engine idle after an executionTimeout", "< 0.5 s", seconds(timeouts))
 
-            answer = (await http.post("/v2/local/runsync", json={"input": {
-                "messages": CAPITAL, "sampling_params": {"temperature": 0, "max_tokens": 32}}})).json()
+            answer = (
+                await http.post(
+                    "/v2/local/runsync",
+                    json={"input": {"messages": CAPITAL, "sampling_params": {"temperature": 0, "max_tokens": 32}}},
+                )
+            ).json()
             text = "".join(t for c in answer.get("output", [{}])[0].get("choices", []) for t in c["tokens"])
             report.add("answer after all that", "Paris", text or json.dumps(answer)[:80])
             report.add("engine failures reported", "0", str(len(fatal)))
@@ -349,7 +375,10 @@ def start_served(directory: Path, name: str, secret_env: dict[str, str]) -> Serv
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "handler", "serve", "--host", HOST, "--port", str(port)],
-            cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=directory,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     return Served(process, f"http://{HOST}:{port}", log, marker)
 
@@ -462,7 +491,11 @@ async def signals(directory: Path, report: Report, secret_env: dict[str, str]) -
             code, took = await exit_after(served, time.monotonic())
     finally:
         left = stop(served)
-    report.add("SIGTERM while serving: exit, processes left", "exits, 0 left", f"exit {code} after {took:.1f} s, {len(left)} left")
+    report.add(
+        "SIGTERM while serving: exit, processes left",
+        "exits, 0 left",
+        f"exit {code} after {took:.1f} s, {len(left)} left",
+    )
 
     say("python -m handler serve: SIGTERM while the engine boots ...")
     served = start_served(directory, "sigterm-boot", secret_env)
@@ -474,7 +507,11 @@ async def signals(directory: Path, report: Report, secret_env: dict[str, str]) -
         code, took = await exit_after(served, time.monotonic())
     finally:
         left = stop(served)
-    report.add("SIGTERM during the boot: exit, processes left", "exits, 0 left", f"exit {code} after {took:.1f} s, {len(left)} left")
+    report.add(
+        "SIGTERM during the boot: exit, processes left",
+        "exits, 0 left",
+        f"exit {code} after {took:.1f} s, {len(left)} left",
+    )
 
 
 def clear_error_json(error: str) -> bool:
@@ -493,8 +530,9 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=1_000, help="short jobs sent at once (default 1000)")
     parser.add_argument("--faults", type=int, default=5, help="cancels, hang-ups and timeouts, each (default 5)")
     parser.add_argument("--seed", type=int, default=9, help="hypothesis seed for the fuzzed inputs")
-    parser.add_argument("--fuzz-minutes", type=float, default=30,
-                        help="the fuzzing stops sending after this long (default 30)")
+    parser.add_argument(
+        "--fuzz-minutes", type=float, default=30, help="the fuzzing stops sending after this long (default 30)"
+    )
     args = parser.parse_args()
 
     global PROGRESS

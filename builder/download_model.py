@@ -48,9 +48,32 @@ SKIPPED_DIRS = ("original", "onnx", "openvino")
 # What vLLM never reads to build a tokenizer or processor: weights and large
 # assets (vLLM's own list for its non-weight snapshot, repo_utils.py; a test
 # compares them). Of these, a model bakes only the weights chosen below.
-HEAVY = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack",
-         "*.onnx", "*.onnx_data", "*.png", "*.jpg", "*.jpeg", "*.gif", "*.webp", "*.mp3",
-         "*.mp4", "*.wav", "*.flac", "*.parquet", "*.arrow", "*.ipynb", "*.zip", "*.tar*"]
+HEAVY = [
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.gguf",
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.onnx_data",
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.gif",
+    "*.webp",
+    "*.mp3",
+    "*.mp4",
+    "*.wav",
+    "*.flac",
+    "*.parquet",
+    "*.arrow",
+    "*.ipynb",
+    "*.zip",
+    "*.tar*",
+]
 # Weight files the loader tries, in order, per load format (default_loader.py
 # ``_prepare_weights``, with its ``*.pt`` fallback); the first that matches wins.
 HF = ["*.safetensors", "*.bin", "*.pt"]
@@ -69,9 +92,20 @@ MISTRAL_INDEX = "consolidated.safetensors.index.json"
 # weight_utils.py ``filter_files_not_needed_for_inference``
 NOT_FOR_INFERENCE = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
 # What AutoTokenizer (or vLLM's Mistral tokenizer) reads from a tokenizer repo.
-TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*",
-                   "merges.txt", "*.tiktoken", "tekken.json", "*.model", "*.jinja",
-                   "chat_template.json", "config.json", "*.py"]
+TOKENIZER_FILES = [
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.tiktoken",
+    "tekken.json",
+    "*.model",
+    "*.jinja",
+    "chat_template.json",
+    "config.json",
+    "*.py",
+]
 
 
 class BakeError(Exception):
@@ -146,8 +180,9 @@ def select_weights(files: Iterable[str], load_format: str = "auto") -> Selection
         else:
             found = [f for f in found if not f.endswith(NOT_FOR_INFERENCE)]
         weights += found
-    others = [f for f in files
-              if not matches(f, HEAVY) and (not is_index(f) or f in indexes or keeps_index(f, weights))]
+    others = [
+        f for f in files if not matches(f, HEAVY) and (not is_index(f) or f in indexes or keeps_index(f, weights))
+    ]
     return Selection(format_of(weights, mistral), tuple(sorted(weights)), tuple(others), tuple(indexes), listing)
 
 
@@ -161,9 +196,7 @@ def keeps_index(index: str, weights: list[str]) -> bool:
     the index of a format not baked goes."""
     name = PurePosixPath(index).name.removesuffix(".index.json")
     suffix = PurePosixPath(name).suffix
-    return suffix != ".safetensors" and any(
-        folder(w) == folder(index) and w.endswith(suffix) for w in weights
-    )
+    return suffix != ".safetensors" and any(folder(w) == folder(index) and w.endswith(suffix) for w in weights)
 
 
 def format_of(weights: list[str], mistral: bool) -> str:
@@ -193,9 +226,12 @@ def select_tokenizer(files: Iterable[str]) -> list[str]:
     """The files a tokenizer needs, at the top of the repo (and transformers'
     ``additional_chat_templates/``): never weights."""
     return sorted(
-        f for f in files
-        if bakeable(f) and folder(f) in ("", "additional_chat_templates")
-        and matches(f, TOKENIZER_FILES) and not matches(f, HEAVY)
+        f
+        for f in files
+        if bakeable(f)
+        and folder(f) in ("", "additional_chat_templates")
+        and matches(f, TOKENIZER_FILES)
+        and not matches(f, HEAVY)
     )
 
 
@@ -256,13 +292,15 @@ class Hub:
     @classmethod
     def open(cls, repo: str, revision: str | None, token: str | None) -> Hub:
         from huggingface_hub import HfApi
-        from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
         try:
             info = HfApi().model_info(repo, revision=revision, token=token)
         except (HFValidationError, HfHubHTTPError, OfflineModeIsEnabled) as error:
             said = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-            raise BakeError(f"{repo}: not a local directory, and the hub says: {said or type(error).__name__}") from None
+            raise BakeError(
+                f"{repo}: not a local directory, and the hub says: {said or type(error).__name__}"
+            ) from None
         return cls(repo, info.sha, tuple(s.rfilename for s in info.siblings or ()), token)
 
     def download(self, target: Path, files: Iterable[str]) -> None:
@@ -270,8 +308,9 @@ class Hub:
 
         wanted = [fnmatch_escape(name) for name in files]
         if wanted:
-            snapshot_download(repo_id=self.repo, revision=self.commit, local_dir=target,
-                              token=self.token, allow_patterns=wanted)
+            snapshot_download(
+                repo_id=self.repo, revision=self.commit, local_dir=target, token=self.token, allow_patterns=wanted
+            )
 
 
 def fnmatch_escape(name: str) -> str:
@@ -309,8 +348,9 @@ def tidy(target: Path) -> None:
         (target / ".cache").rmdir()
 
 
-def fetch_model(model: str, revision: str | None, target: Path, token: str | None,
-                load_format: str) -> tuple[Selection, str | None]:
+def fetch_model(
+    model: str, revision: str | None, target: Path, token: str | None, load_format: str
+) -> tuple[Selection, str | None]:
     source = Path(model)
     if source.is_dir():
         fresh(target, source)
@@ -347,8 +387,12 @@ def private_hub_caches() -> Iterator[Path]:
     variables when it is imported, so this runs before that import."""
     temporary = Path(tempfile.mkdtemp(prefix="bake-hf-"))
     saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE")}
-    os.environ.update(HF_HOME=str(temporary), HF_HUB_CACHE=str(temporary / "hub"),
-                      HF_XET_CACHE=str(temporary / "xet"), HF_ASSETS_CACHE=str(temporary / "assets"))
+    os.environ.update(
+        HF_HOME=str(temporary),
+        HF_HUB_CACHE=str(temporary / "hub"),
+        HF_XET_CACHE=str(temporary / "xet"),
+        HF_ASSETS_CACHE=str(temporary / "assets"),
+    )
     os.environ.setdefault("HF_XET_HIGH_PERFORMANCE", "1")
     try:
         yield temporary
@@ -419,13 +463,17 @@ def listed(names: list[str], most: int = 6) -> str:
 def summary(record: dict, manifest: Path) -> str:
     weights = record["weights"]
     others = [f for f in record["files"] if f not in weights]
-    lines = [f"baked {record['model_name']} into {record['path']}",
-             f"  weights ({record['weights_format']}): {listed(weights)}",
-             f"  other files: {listed(others)}",
-             f"  left out: {listed(record['left_out'])}"]
+    lines = [
+        f"baked {record['model_name']} into {record['path']}",
+        f"  weights ({record['weights_format']}): {listed(weights)}",
+        f"  other files: {listed(others)}",
+        f"  left out: {listed(record['left_out'])}",
+    ]
     if record["tokenizer_path"]:
-        lines.append(f"  tokenizer {record['tokenizer_name']} into {record['tokenizer_path']}: "
-                     f"{listed(record['tokenizer_files'])}")
+        lines.append(
+            f"  tokenizer {record['tokenizer_name']} into {record['tokenizer_path']}: "
+            f"{listed(record['tokenizer_files'])}"
+        )
     lines.append(f"  manifest {manifest}")
     return "\n".join(lines)
 
@@ -450,11 +498,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION") or None)
     parser.add_argument("--tokenizer", default=os.environ.get("TOKENIZER_NAME") or None)
     parser.add_argument("--quantization", default=os.environ.get("QUANTIZATION") or None)
-    parser.add_argument("--load-format", default=os.environ.get("LOAD_FORMAT") or "auto",
-                        help="which weights to bake, as vLLM's --load-format (default: LOAD_FORMAT, or auto)")
+    parser.add_argument(
+        "--load-format",
+        default=os.environ.get("LOAD_FORMAT") or "auto",
+        help="which weights to bake, as vLLM's --load-format (default: LOAD_FORMAT, or auto)",
+    )
     parser.add_argument("--dest", type=Path, default=Path("/models"))
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="default: BAKED_MODEL_MANIFEST, or DEST/baked.json")
+    parser.add_argument("--manifest", type=Path, default=None, help="default: BAKED_MODEL_MANIFEST, or DEST/baked.json")
     parser.add_argument("--token-file", default=None, help="a file holding the HF token")
     args = parser.parse_args(argv)
     manifest = args.manifest or Path(os.environ.get("BAKED_MODEL_MANIFEST") or args.dest / "baked.json")

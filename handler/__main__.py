@@ -46,8 +46,11 @@ PLAN_OPTIONS = {
     "--quantization": ("QUANTIZATION", "quantization method (default: from the model's config)"),
     "--kv-cache-dtype": ("KV_CACHE_DTYPE", "KV cache dtype (default: auto)"),
     "--gpu-memory-utilization": ("GPU_MEMORY_UTILIZATION", "share of each GPU vLLM may use (default: 0.9)"),
-    "--prices": ("PLAN_PRICES", "JSON file mapping RunPod GPU pools to USD per GPU-second "
-                 "(default: the dated table in handler/gpu_prices.json)"),
+    "--prices": (
+        "PLAN_PRICES",
+        "JSON file mapping RunPod GPU pools to USD per GPU-second "
+        "(default: the dated table in handler/gpu_prices.json)",
+    ),
 }
 
 
@@ -57,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     run = commands.add_parser("run", help="run one job and print its stream and output")
     run.add_argument("--input", default="test_input.json", help="job file (default: test_input.json)")
-    run.add_argument("--timings", action="store_true",
-                     help="print seconds since process start at imports, engine ready, first item")
+    run.add_argument(
+        "--timings", action="store_true", help="print seconds since process start at imports, engine ready, first item"
+    )
     commands.add_parser("prepare", help="prepare the embedded default model")
     sizing = commands.add_parser("plan", help="how many GPUs a model needs (reads its config.json)")
     sizing.add_argument("model", help="a local model directory or a Hugging Face hub id")
@@ -70,18 +74,28 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--api-key", default=None, help="require this bearer key (or set LOCAL_API_KEY)")
     playground = commands.add_parser("playground", help="the chat page against a RunPod endpoint or an OpenAI URL")
     upstream = playground.add_mutually_exclusive_group(required=True)
-    upstream.add_argument("--endpoint", metavar="ENDPOINT_ID", help="a RunPod endpoint (its /openai/v1; needs RUNPOD_API_KEY)")
-    upstream.add_argument("--url", metavar="BASE_URL",
-                          help="any OpenAI-compatible base URL, e.g. a load-balancing endpoint's https://ID.api.runpod.ai/v1")
-    playground.add_argument("--api-key-env", default="RUNPOD_API_KEY", metavar="NAME",
-                            help="environment variable holding the API key sent upstream (default: RUNPOD_API_KEY)")
+    upstream.add_argument(
+        "--endpoint", metavar="ENDPOINT_ID", help="a RunPod endpoint (its /openai/v1; needs RUNPOD_API_KEY)"
+    )
+    upstream.add_argument(
+        "--url",
+        metavar="BASE_URL",
+        help="any OpenAI-compatible base URL, e.g. a load-balancing endpoint's https://ID.api.runpod.ai/v1",
+    )
+    playground.add_argument(
+        "--api-key-env",
+        default="RUNPOD_API_KEY",
+        metavar="NAME",
+        help="environment variable holding the API key sent upstream (default: RUNPOD_API_KEY)",
+    )
     playground.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     playground.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     http = commands.add_parser("http", help="load-balancing mode: vLLM's OpenAI server and /ping")
     http.add_argument("--host", default=None, help="address to bind (default: HOST, else 127.0.0.1)")
     http.add_argument("--port", type=int, default=None, help="port (default: PORT, else 8000)")
-    http.add_argument("--port-health", type=int, default=None,
-                      help="port that also answers /ping (default: PORT_HEALTH, else --port)")
+    http.add_argument(
+        "--port-health", type=int, default=None, help="port that also answers /ping (default: PORT_HEALTH, else --port)"
+    )
     serverless = not argv or argv[0].startswith("--rp_")
     args = None if serverless else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
@@ -159,9 +173,7 @@ def _load_balancing() -> bool:
     return Settings.from_env().endpoint_type == "load_balancing"
 
 
-def serve_http(
-    host: str | None = None, port: int | None = None, health_port: int | None = None, *, local: bool
-) -> int:
+def serve_http(host: str | None = None, port: int | None = None, health_port: int | None = None, *, local: bool) -> int:
     """Load-balancing mode (see load_balancing.py): the ports open before
     vLLM is imported, so that ``/ping`` answers from process start."""
     from . import load_balancing

@@ -119,10 +119,7 @@ class _Exchange:
             self._stop()
             error = start.get("error")
             raise RuntimeError(f"the app answered no response: {error!r}") from error
-        headers = {
-            key.decode("latin-1").lower(): value.decode("latin-1")
-            for key, value in start.get("headers", [])
-        }
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in start.get("headers", [])}
         return Response(start["status"], headers, self.body, self._close)
 
     async def _receive(self) -> dict[str, Any]:

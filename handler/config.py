@@ -225,15 +225,17 @@ def choose_model(settings: Settings, environ: Mapping[str, str] | None = None) -
     tokenizer_is_local = tokenizer == "" or Path(tokenizer).is_dir()
     baked = baked_model(settings, environ)
     if baked is not None:
-        return ModelChoice(wanted, baked.path, "baked", baked.name, baked.tokenizer,
-                           baked.quantization, offline=tokenizer_is_local)
+        return ModelChoice(
+            wanted, baked.path, "baked", baked.name, baked.tokenizer, baked.quantization, offline=tokenizer_is_local
+        )
     embedded = str(settings.embedded_model_dir)
     if wanted in ("", embedded):
         return ModelChoice(wanted, embedded, "embedded", EMBEDDED_SERVED_NAME, offline=tokenizer_is_local)
     cached = cached_model(settings, environ)
     if cached is not None:
-        return ModelChoice(wanted, cached.path, "cached", cached.name, revision=cached.revision,
-                           offline=tokenizer_is_local)
+        return ModelChoice(
+            wanted, cached.path, "cached", cached.name, revision=cached.revision, offline=tokenizer_is_local
+        )
     if Path(wanted).is_dir():
         return ModelChoice(wanted, wanted, "local", offline=tokenizer_is_local)
     return ModelChoice(wanted, wanted, "hub")

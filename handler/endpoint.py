@@ -159,7 +159,9 @@ async def serve(worker: Any, host: str, port: int, api_key: str | None) -> None:
     config = uvicorn.Config(endpoint.app(api_key), host=host, port=port, log_level="info")
     logger.info(
         "local endpoint on http://%s:%s/v2/local (OpenAI: /v2/local/openai/v1, playground: /)%s",
-        host, port, ", API key required" if api_key else "",
+        host,
+        port,
+        ", API key required" if api_key else "",
     )
     try:
         await uvicorn.Server(config).serve()

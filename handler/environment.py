@@ -31,12 +31,18 @@ def prepare(settings: Settings, environ: MutableMapping[str, str] | None = None)
     if volume.is_dir():
         environ.setdefault("HF_HOME", str(volume / "huggingface-cache"))
         environ.setdefault("VLLM_CACHE_ROOT", str(volume / "vllm-cache"))
-        logger.info("network volume %s: HF_HOME=%s, VLLM_CACHE_ROOT=%s",
-                    volume, environ["HF_HOME"], environ["VLLM_CACHE_ROOT"])
+        logger.info(
+            "network volume %s: HF_HOME=%s, VLLM_CACHE_ROOT=%s", volume, environ["HF_HOME"], environ["VLLM_CACHE_ROOT"]
+        )
     choice = config.choose_model(settings, environ)
     if choice.source == "cached":
-        logger.info("%s (revision %s) is in the model cache at %s: served from there%s",
-                    choice.requested, choice.revision, choice.model, ", hub off" if choice.offline else "")
+        logger.info(
+            "%s (revision %s) is in the model cache at %s: served from there%s",
+            choice.requested,
+            choice.revision,
+            choice.model,
+            ", hub off" if choice.offline else "",
+        )
     if choice.offline:
         environ.setdefault("HF_HUB_OFFLINE", "1")
     logger.info(choice.describe())

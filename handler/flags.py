@@ -17,7 +17,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from . import vllm_internals as vi
 from .config import ALIASES, EXTRA_ARGS, extra_args, from_aliases
@@ -31,22 +31,44 @@ logger = logging.getLogger(__name__)
 # used; one it no longer has gets a warning instead of silently doing nothing.
 LEGACY_NAMES = frozenset(
     {
-        "BLOCK_SIZE", "SWAP_SPACE", "USE_V2_BLOCK_MANAGER", "NUM_LOOKAHEAD_SLOTS",
-        "TOKENIZER_POOL_SIZE", "TOKENIZER_POOL_TYPE", "TOKENIZER_POOL_EXTRA_CONFIG",
-        "MAX_SEQ_LEN_TO_CAPTURE", "DISABLE_LOG_REQUESTS", "PREEMPTION_MODE",
-        "SPECULATIVE_MODEL", "NUM_SPECULATIVE_TOKENS",
-        "SPECULATIVE_DRAFT_TENSOR_PARALLEL_SIZE", "SPECULATIVE_MAX_MODEL_LEN",
-        "SPECULATIVE_DISABLE_BY_BATCH_SIZE", "NGRAM_PROMPT_LOOKUP_MAX",
-        "NGRAM_PROMPT_LOOKUP_MIN", "SPEC_DECODING_ACCEPTANCE_METHOD",
+        "BLOCK_SIZE",
+        "SWAP_SPACE",
+        "USE_V2_BLOCK_MANAGER",
+        "NUM_LOOKAHEAD_SLOTS",
+        "TOKENIZER_POOL_SIZE",
+        "TOKENIZER_POOL_TYPE",
+        "TOKENIZER_POOL_EXTRA_CONFIG",
+        "MAX_SEQ_LEN_TO_CAPTURE",
+        "DISABLE_LOG_REQUESTS",
+        "PREEMPTION_MODE",
+        "SPECULATIVE_MODEL",
+        "NUM_SPECULATIVE_TOKENS",
+        "SPECULATIVE_DRAFT_TENSOR_PARALLEL_SIZE",
+        "SPECULATIVE_MAX_MODEL_LEN",
+        "SPECULATIVE_DISABLE_BY_BATCH_SIZE",
+        "NGRAM_PROMPT_LOOKUP_MAX",
+        "NGRAM_PROMPT_LOOKUP_MIN",
+        "SPEC_DECODING_ACCEPTANCE_METHOD",
         "TYPICAL_ACCEPTANCE_SAMPLER_POSTERIOR_THRESHOLD",
         "TYPICAL_ACCEPTANCE_SAMPLER_POSTERIOR_ALPHA",
-        "DISABLE_LOGPROBS_DURING_SPEC_DECODING", "LORA_EXTRA_VOCAB_SIZE",
-        "LONG_LORA_SCALING_FACTORS", "QLORA_ADAPTER_NAME_OR_PATH",
-        "GUIDED_DECODING_BACKEND", "MAX_CPU_LORAS", "MAX_PARALLEL_LOADING_WORKERS",
-        "NUM_GPU_BLOCKS_OVERRIDE", "SCHEDULER_DELAY_FACTOR", "DISABLE_SLIDING_WINDOW",
-        "ENABLE_PREFIX_CACHING", "MAX_LOGPROBS", "DISTRIBUTED_EXECUTOR_BACKEND",
-        "DEFAULT_BATCH_SIZE", "DEFAULT_MIN_BATCH_SIZE", "DEFAULT_BATCH_SIZE_GROWTH_FACTOR",
-        "RAW_OPENAI_OUTPUT", "OPENAI_RESPONSE_ROLE",
+        "DISABLE_LOGPROBS_DURING_SPEC_DECODING",
+        "LORA_EXTRA_VOCAB_SIZE",
+        "LONG_LORA_SCALING_FACTORS",
+        "QLORA_ADAPTER_NAME_OR_PATH",
+        "GUIDED_DECODING_BACKEND",
+        "MAX_CPU_LORAS",
+        "MAX_PARALLEL_LOADING_WORKERS",
+        "NUM_GPU_BLOCKS_OVERRIDE",
+        "SCHEDULER_DELAY_FACTOR",
+        "DISABLE_SLIDING_WINDOW",
+        "ENABLE_PREFIX_CACHING",
+        "MAX_LOGPROBS",
+        "DISTRIBUTED_EXECUTOR_BACKEND",
+        "DEFAULT_BATCH_SIZE",
+        "DEFAULT_MIN_BATCH_SIZE",
+        "DEFAULT_BATCH_SIZE_GROWTH_FACTOR",
+        "RAW_OPENAI_OUTPUT",
+        "OPENAI_RESPONSE_ROLE",
     }
 )
 # worker-vllm settings whose job a differently named setting of ours does.
@@ -92,10 +114,7 @@ class Flag:
                 return [self.option]
             if lowered in FALSE:
                 return ["--no-" + self.option[2:]] if self.is_negatable else []
-            raise ConfigError(
-                f"{self.env}={value!r} is not a boolean: use one of "
-                + "/".join(TRUE + FALSE)
-            )
+            raise ConfigError(f"{self.env}={value!r} is not a boolean: use one of " + "/".join(TRUE + FALSE))
         if self.is_list:
             words = list_words(value)
             if vi.is_append_action(self.action):
@@ -194,9 +213,7 @@ def collect_env(environ: Mapping[str, str], table: Mapping[str, Flag]) -> dict[s
     return chosen
 
 
-def build_argv(
-    environ: Mapping[str, str], table: Mapping[str, Flag]
-) -> tuple[list[str], dict[str, str]]:
+def build_argv(environ: Mapping[str, str], table: Mapping[str, Flag]) -> tuple[list[str], dict[str, str]]:
     """Command-line words from the environment; returns them and, for each
     option, the env var that produced it."""
     argv: list[str] = []
@@ -224,16 +241,14 @@ def parse(
     environ = os.environ if environ is None else environ
     parser = new_parser()
     vllm_defaults = {
-        action.dest: action.default
-        for action in vi.parser_actions(parser)
-        if action.dest != argparse.SUPPRESS
+        action.dest: action.default for action in vi.parser_actions(parser) if action.dest != argparse.SUPPRESS
     }
     if defaults:
         parser.set_defaults(**defaults)
     table = flags(parser)
     argv, origin = build_argv(environ, table)
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise ConfigError(_explain(message, origin, environ))
 
     vi.raise_on_parse_error(parser, fail)
@@ -250,9 +265,7 @@ def parse(
         vi.validate_parsed_serve_args(args)
     except (ValueError, TypeError) as error:
         raise ConfigError(_explain(str(error), origin, environ)) from None
-    sources = {
-        table[name].action.dest: name for name in origin.values() if name in table
-    }
+    sources = {table[name].action.dest: name for name in origin.values() if name in table}
     return EngineConfig(args=args, sources=sources, defaults=vllm_defaults)
 
 
@@ -262,9 +275,7 @@ def _explain(message: str, origin: Mapping[str, str], environ: Mapping[str, str]
         if re.search(re.escape(option) + r"(?![\w-])", message) or re.search(
             r"\b" + re.escape(option[2:].replace("-", "_")) + r"\b", message
         ):
-            raw = environ.get(name) or environ.get(
-                next((a for a, n in ALIASES.items() if n == name), ""), ""
-            )
+            raw = environ.get(name) or environ.get(next((a for a, n in ALIASES.items() if n == name), ""), "")
             shown = REDACTED if is_secret(name) else repr(raw)
             return f"{name}={shown} is not valid: {_strip_usage(message)}"
     if EXTRA_ARGS in environ:

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,7 @@ class Job:
         event = self._changed
         try:
             await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def wait_done(self, timeout: float | None = None) -> bool:
@@ -105,7 +105,7 @@ class JobQueue:
         *,
         retention_s: float = 1800.0,
         max_finished: int = 1000,
-        on_finished: Callable[[Job], Awaitable[None]] | None = None,
+        on_finished: Callable[[Job], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.handler = handler
         self.concurrency = concurrency

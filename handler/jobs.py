@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import cache
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -40,29 +40,18 @@ class NativeJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = Field(None, description="Text to complete as it is.")
-    messages: list[Any] | None = Field(
-        None, description="A chat; the model's chat template is applied."
-    )
-    sampling_params: dict[str, Any] = Field(
-        default_factory=dict, description="Any field of vLLM's SamplingParams."
-    )
+    messages: list[Any] | None = Field(None, description="A chat; the model's chat template is applied.")
+    sampling_params: dict[str, Any] = Field(default_factory=dict, description="Any field of vLLM's SamplingParams.")
     stream: StrictBool = Field(False, description="Yield text as it is generated.")
-    model: str | None = Field(
-        None, description="A served model or LoRA adapter (default: the served model)."
-    )
-    tools: list[Any] | None = Field(
-        None, description="Tools the model may call (a chat only), as in the chat API."
-    )
-    tool_choice: str | dict[str, Any] | None = Field(
-        None, description="The chat API's tool_choice (a chat only)."
-    )
+    model: str | None = Field(None, description="A served model or LoRA adapter (default: the served model).")
+    tools: list[Any] | None = Field(None, description="Tools the model may call (a chat only), as in the chat API.")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="The chat API's tool_choice (a chat only).")
 
     @model_validator(mode="after")
     def _one_prompt(self) -> NativeJob:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError(
-                'give exactly one of "prompt" (text) or "messages" (a chat), '
-                'or "openai_route" for an OpenAI request'
+                'give exactly one of "prompt" (text) or "messages" (a chat), or "openai_route" for an OpenAI request'
             )
         if self.prompt is not None and (self.tools is not None or self.tool_choice is not None):
             raise ValueError('"tools" and "tool_choice" need "messages" (a chat), not "prompt"')
@@ -104,7 +93,7 @@ class RouteJob(BaseModel):
         return self.method or ("POST" if self.body else "GET"), self.route, self.body
 
 
-Job = Union[NativeJob, OpenAIJob, RouteJob]
+Job = NativeJob | OpenAIJob | RouteJob
 
 
 MAX_DEPTH: int = Settings.model_fields["max_json_depth"].default
@@ -135,9 +124,7 @@ def parse(job_input: Any, max_depth: int = MAX_DEPTH) -> Job:
     return job  # type: ignore[return-value]
 
 
-def check_json(
-    value: Any, max_depth: int, where: tuple[Any, ...] = ("input",), *, text: bool = True
-) -> None:
+def check_json(value: Any, max_depth: int, where: tuple[Any, ...] = ("input",), *, text: bool = True) -> None:
     """Refuse nesting deeper than ``max_depth`` arrays and objects and, with
     ``text``, text that cannot be encoded as UTF-8 (lone surrogates), naming
     where. Iterative, so that no depth can exhaust Python's stack."""
@@ -221,9 +208,7 @@ def _is_field(part: Any) -> bool:
     if isinstance(part, int):
         return True
     text = str(part)
-    return not (
-        any(c in text for c in "[](){},") or text[:1].isupper() or text.lower() in _TYPE_NAMES
-    )
+    return not (any(c in text for c in "[](){},") or text[:1].isupper() or text.lower() in _TYPE_NAMES)
 
 
 def value_problems(errors: Iterable[Any], where: tuple[Any, ...], limit: int = 3) -> str:
@@ -246,8 +231,14 @@ def value_problems(errors: Iterable[Any], where: tuple[Any, ...], limit: int = 3
 
 
 def json_type(value: Any) -> str:
-    names = {list: "an array", dict: "an object", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number"}
+    names = {
+        list: "an array",
+        dict: "an object",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }
     if value is None:
         return "null"
     return names.get(type(value), type(value).__name__)
@@ -270,7 +261,8 @@ def narrow(errors: list[Any], at: int = 0) -> list[Any]:
     if len(members) < 2:
         return errors
     meant = [
-        items for items in members.values()
+        items
+        for items in members.values()
         if not any(len(i["loc"]) > at + 1 and i["loc"][at + 1] in DISCRIMINATORS for i in items)
     ]
     return meant[0] if meant else min(members.values(), key=len)

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 from argparse import Namespace
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -150,7 +150,7 @@ class Front:
         if ready is None:
             try:
                 ready = await asyncio.wait_for(self._boot(), self.settings.boot_wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise JobError(
                     f"the engine is still starting after BOOT_WAIT_S={self.settings.boot_wait_s:g} s; retry",
                     status=503,
@@ -239,7 +239,7 @@ def uvicorn_config(app: Any, host: str, port: int, grace_s: float) -> uvicorn.Co
         port=port,
         lifespan="off",
         timeout_keep_alive=int(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE") or 5),
-        timeout_graceful_shutdown=grace_s,
+        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]  # a float works: uvicorn hands it to asyncio.wait_for
     )
 
 
@@ -275,7 +275,10 @@ async def serve(settings: Settings, listen: Listen, load: Loader) -> int:
             await asyncio.sleep(0.01)
         logger.info(
             "load-balancing endpoint on http://%s:%d (OpenAI: /v1, health: %s on port %d)",
-            listen.host, listen.port, HEALTH_PATH, listen.health_port,
+            listen.host,
+            listen.port,
+            HEALTH_PATH,
+            listen.health_port,
         )
         try:
             engine, config = await asyncio.to_thread(load)
@@ -300,13 +303,13 @@ async def serve(settings: Settings, listen: Listen, load: Loader) -> int:
     return 0
 
 
-def _stop(servers: list[uvicorn.Server]) -> None:
+def _stop(servers: Sequence[uvicorn.Server]) -> None:
     for server in servers:
         server.should_exit = True
 
 
 @contextlib.contextmanager
-def _stop_on_signals(servers: list[uvicorn.Server]) -> Iterator[None]:
+def _stop_on_signals(servers: Sequence[uvicorn.Server]) -> Iterator[None]:
     """SIGTERM (how RunPod stops a worker) and SIGINT stop every server. The
     engine chains its own SIGTERM handler onto this one once it has booted,
     so vLLM's processes are stopped first."""

@@ -38,9 +38,7 @@ RENAMED = {"extra_args": "vllm_xargs"}
 def settable_fields() -> frozenset[str]:
     """SamplingParams fields that both OpenAI request models accept."""
     both = vi.request_fields(vi.completion_request_model) & vi.request_fields(vi.chat_request_model)
-    return frozenset(
-        name for name in vi.sampling_param_fields() if RENAMED.get(name, name) in both
-    )
+    return frozenset(name for name in vi.sampling_param_fields() if RENAMED.get(name, name) in both)
 
 
 def check(job: NativeJob) -> None:
@@ -90,8 +88,7 @@ def _message_error(where: tuple[Any, ...], message: Any, error: ValidationError)
             param=f"{param}.role",
         )
     if "role" not in message and "author" not in message:
-        return JobError(f"{location(where)}.role: missing; every message has a role ({ROLES})",
-                        param=f"{param}.role")
+        return JobError(f"{location(where)}.role: missing; every message has a role ({ROLES})", param=f"{param}.role")
     # the member that takes this role: OpenAI's type for it, else vLLM's any-role type
     items = narrow(error.errors())
     field = next((part for item in items for part in item["loc"][1:2]), None)

@@ -12,6 +12,7 @@ layers are not modelled.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -80,8 +81,12 @@ def _apply_override(prices: PriceTable, path: Path) -> PriceTable:
         if name not in names:
             raise PlanError(f"the prices file {path} names an unknown GPU pool {name!r}; pools: {', '.join(names)}")
         if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price <= 0):
-            raise PlanError(f"the prices file {path}: {name!r} must be a positive number of USD per GPU-second, or null")
-    pools = tuple(Pool(pool.card_gb, pool.gpus, override.get(pool.gpus, pool.usd_per_gpu_second)) for pool in prices.pools)
+            raise PlanError(
+                f"the prices file {path}: {name!r} must be a positive number of USD per GPU-second, or null"
+            )
+    pools = tuple(
+        Pool(pool.card_gb, pool.gpus, override.get(pool.gpus, pool.usd_per_gpu_second)) for pool in prices.pools
+    )
     return PriceTable(pools, prices.as_of, prices.source, override=str(path))
 
 
@@ -270,7 +275,9 @@ def _mlp_parameters(shape: ModelShape) -> int:
     return shape.dense_layers * dense + (shape.layers - shape.dense_layers) * moe
 
 
-def weight_bytes_per_param(shape: ModelShape, dtype: str = "auto", quantization: str | None = None) -> tuple[float, str]:
+def weight_bytes_per_param(
+    shape: ModelShape, dtype: str = "auto", quantization: str | None = None
+) -> tuple[float, str]:
     """Bytes per weight and what decided it (quantization method or dtype)."""
     method, bits = _quantization(shape, quantization)
     sized = _quantized_bytes(method, bits) if method else None
@@ -435,15 +442,21 @@ def make_plan(
 ) -> Plan:
     """Size the model for the given serving settings, price each RunPod pool, and
     when nothing fits one worker, size the ways out."""
-    settings = dict(dtype=dtype, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
-                    gpu_memory_utilization=gpu_memory_utilization, prices=prices or load_prices())
-    plan = _size(config, quantization=quantization, weight_bytes_hint=weight_bytes_hint, **settings)
+    size = functools.partial(
+        _size,
+        config,
+        dtype=dtype,
+        kv_cache_dtype=kv_cache_dtype,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        prices=prices or load_prices(),
+    )
+    plan = size(quantization=quantization, weight_bytes_hint=weight_bytes_hint)
     if plan.recommended is None:
         plan.quantized = {
             label: sized
             for label, method in QUANTIZED_WAYS_OUT.items()
-            if (sized := _size(config, quantization=method, weight_bytes_hint=None, **settings)).bytes_per_param
-            < plan.bytes_per_param
+            if (sized := size(quantization=method, weight_bytes_hint=None)).bytes_per_param < plan.bytes_per_param
         }
         plan.node_splits = [_split_nodes(plan, size) for size in plan.prices.card_sizes]
     return plan
@@ -464,7 +477,7 @@ def _size(
     parameters = estimate_parameters(shape)
     per_param, label = weight_bytes_per_param(shape, dtype, quantization)
     from_index = _hint_applies(shape, weight_bytes_hint, per_param, quantization)
-    weight_bytes = float(weight_bytes_hint) if from_index else parameters * per_param
+    weight_bytes = float(weight_bytes_hint) if from_index and weight_bytes_hint else parameters * per_param
     length = _max_model_len(shape, max_model_len)
     per_token = kv_bytes_per_token(shape, kv_cache_dtype)
     subtotal = weight_bytes + per_token * length
@@ -508,8 +521,13 @@ def _fit_pool(plan: Plan, pool: Pool) -> CardFit:
         usable = count * pool.card_gb * plan.gpu_memory_utilization
         if plan.needed_bytes(count) <= usable * GB:
             return CardFit(pool.card_gb, count, usable, pool.gpus, pool.usd_per_gpu_second)
-    return CardFit(pool.card_gb, None, max(GPU_COUNTS) * pool.card_gb * plan.gpu_memory_utilization,
-                   pool.gpus, pool.usd_per_gpu_second)
+    return CardFit(
+        pool.card_gb,
+        None,
+        max(GPU_COUNTS) * pool.card_gb * plan.gpu_memory_utilization,
+        pool.gpus,
+        pool.usd_per_gpu_second,
+    )
 
 
 def _split_nodes(plan: Plan, card_gb: int) -> NodeSplit:
@@ -519,17 +537,24 @@ def _split_nodes(plan: Plan, card_gb: int) -> NodeSplit:
         usable = nodes * tensor_parallel * card_gb * plan.gpu_memory_utilization
         if plan.needed_bytes(tensor_parallel) <= usable * GB:
             return NodeSplit(card_gb, tensor_parallel, nodes, usable)
-    return NodeSplit(card_gb, tensor_parallel, None, MAX_NODES * tensor_parallel * card_gb * plan.gpu_memory_utilization)
+    return NodeSplit(
+        card_gb, tensor_parallel, None, MAX_NODES * tensor_parallel * card_gb * plan.gpu_memory_utilization
+    )
 
 
 def render(plan: Plan, model_name: str) -> str:
     """A readable report: shape, memory, priced card table, recommendation (or ways out), footnotes."""
-    return "\n".join([
-        *_memory_lines(plan, model_name), "",
-        *_table_lines(plan), "",
-        *_recommendation(plan, model_name), "",
-        *_footnotes(plan),
-    ])
+    return "\n".join(
+        [
+            *_memory_lines(plan, model_name),
+            "",
+            *_table_lines(plan),
+            "",
+            *_recommendation(plan, model_name),
+            "",
+            *_footnotes(plan),
+        ]
+    )
 
 
 def _memory_lines(plan: Plan, model_name: str) -> list[str]:
@@ -565,8 +590,9 @@ def _experts(shape: ModelShape) -> str:
 def _table_lines(plan: Plan) -> list[str]:
     width = max(len("RunPod GPUs"), *(len(card.pool) for card in plan.cards))
     header = f"card GB | {'RunPod GPUs':<{width}} | GPUs | fits (usable GB) | $/second | $/hour"
-    utilization = (f"GPUs = TENSOR_PARALLEL_SIZE; usable = GPUs x card GB x gpu_memory_utilization "
-                   f"{plan.gpu_memory_utilization:g}")
+    utilization = (
+        f"GPUs = TENSOR_PARALLEL_SIZE; usable = GPUs x card GB x gpu_memory_utilization {plan.gpu_memory_utilization:g}"
+    )
     return [header, *(_table_row(card, width) for card in plan.cards), utilization]
 
 
@@ -583,8 +609,10 @@ def _table_row(card: CardFit, width: int) -> str:
 def _recommendation(plan: Plan, model_name: str) -> list[str]:
     best = plan.recommended
     if best is not None:
-        return [f"Recommended: {_worker(best)}" + ("" if best.usd_per_second is not None else
-                                                   " (no prices for the fitting rows: fewest GB of cards)")]
+        return [
+            f"Recommended: {_worker(best)}"
+            + ("" if best.usd_per_second is not None else " (no prices for the fitting rows: fewest GB of cards)")
+        ]
     largest = max(plan.cards, key=lambda card: card.usable_gb)
     return [
         f"Recommended: none; {plan.needed_bytes(max(GPU_COUNTS)) / GB:.0f} GB does not fit on one 8-GPU worker "
@@ -604,26 +632,35 @@ def _quantized_line(label: str, sized: Plan) -> str:
     best = sized.recommended
     fit = _worker(best) if best else "still too big for one 8-GPU worker"
     kind = "an FP8 checkpoint" if label == "FP8" else "a 4-bit AWQ or GPTQ checkpoint"
-    return (f"- {label} weights ({sized.bytes_per_param:.3g} bytes/param), "
-            f"{sized.needed_bytes(max(GPU_COUNTS)) / GB:.0f} GB: {fit}.\n"
-            f"  Needs {kind} of this model; plan cannot look on the hub for one.")
+    return (
+        f"- {label} weights ({sized.bytes_per_param:.3g} bytes/param), "
+        f"{sized.needed_bytes(max(GPU_COUNTS)) / GB:.0f} GB: {fit}.\n"
+        f"  Needs {kind} of this model; plan cannot look on the hub for one."
+    )
 
 
 def _node_lines(plan: Plan, model_name: str) -> list[str]:
     fitting = [split for split in plan.node_splits if split.nodes]
     splits = [
-        f"{split.nodes} nodes x {split.tensor_parallel} x {split.card_gb} GB" if split.nodes
+        f"{split.nodes} nodes x {split.tensor_parallel} x {split.card_gb} GB"
+        if split.nodes
         else f"{split.card_gb} GB: more than {MAX_NODES} nodes"
         for split in plan.node_splits
     ]
-    lines = ["- Several nodes (vLLM's Ray backend: tensor parallel inside a node, pipeline parallel across nodes):",
-             f"  {'; '.join(splits)}"]
+    lines = [
+        "- Several nodes (vLLM's Ray backend: tensor parallel inside a node, pipeline parallel across nodes):",
+        f"  {'; '.join(splits)}",
+    ]
     if fitting:
         fewest = min(fitting, key=lambda split: (split.nodes, split.card_gb))
-        lines.append(f"  vllm serve {model_name} --tensor-parallel-size {fewest.tensor_parallel} "
-                     f"--pipeline-parallel-size {fewest.nodes} --distributed-executor-backend ray")
-    lines.append("  A serverless worker is one machine: this needs RunPod Instant Clusters and a Ray cluster\n"
-                 "  (README: \"When a model outgrows one worker\").")
+        lines.append(
+            f"  vllm serve {model_name} --tensor-parallel-size {fewest.tensor_parallel} "
+            f"--pipeline-parallel-size {fewest.nodes} --distributed-executor-backend ray"
+        )
+    lines.append(
+        "  A serverless worker is one machine: this needs RunPod Instant Clusters and a Ray cluster\n"
+        '  (README: "When a model outgrows one worker").'
+    )
     return lines
 
 

@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,12 +113,13 @@ class Upstream:
         }
 
 
-def upstream(endpoint: str | None, url: str | None, key_env: str = "RUNPOD_API_KEY",
-             environ: dict[str, str] | None = None) -> Upstream:
+def upstream(
+    endpoint: str | None, url: str | None, key_env: str = "RUNPOD_API_KEY", environ: Mapping[str, str] | None = None
+) -> Upstream:
     """The proxy's target from ``--endpoint ID`` or ``--url BASE``; the key is
     read from ``key_env`` (required for a RunPod endpoint)."""
-    environ = os.environ if environ is None else environ
-    key = environ.get(key_env) or None
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    key = env.get(key_env) or None
     if (endpoint is None) == (url is None):
         raise PlaygroundError("give exactly one of --endpoint ENDPOINT_ID or --url BASE_URL")
     if endpoint is not None:
@@ -127,6 +128,7 @@ def upstream(endpoint: str | None, url: str | None, key_env: str = "RUNPOD_API_K
         if not key:
             raise PlaygroundError(f"set {key_env} to your RunPod API key: the playground sends it to RunPod for you")
         return Upstream(f"{RUNPOD_API}/{endpoint}/openai/v1", key, key_env, endpoint)
+    assert url is not None
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PlaygroundError(f"--url {url!r} is not an http(s) URL such as https://ENDPOINT_ID.api.runpod.ai/v1")
@@ -165,14 +167,16 @@ def proxy_routes(target: Upstream, client: httpx.AsyncClient) -> list[BaseRoute]
             headers["Content-Type"] = "application/json"
         if target.api_key:
             headers["Authorization"] = f"Bearer {target.api_key}"
-        outgoing = client.build_request(request.method, f"{target.base_url}/{path}",
-                                        content=await request.body(), headers=headers)
+        outgoing = client.build_request(
+            request.method, f"{target.base_url}/{path}", content=await request.body(), headers=headers
+        )
         try:
             answer = await client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
             raise ProxyRefusal(502, f"cannot reach {target.base_url}: {type(exc).__name__} {exc}".strip()) from None
         return StreamingResponse(
-            _relay(answer), status_code=answer.status_code,
+            _relay(answer),
+            status_code=answer.status_code,
             media_type=answer.headers.get("content-type", "application/json"),
             headers={"Cache-Control": "no-store"},
         )
@@ -225,6 +229,11 @@ def proxy_app(target: Upstream, host: str = "127.0.0.1") -> Starlette:
 def serve(target: Upstream, host: str, port: int) -> None:
     import uvicorn
 
-    logger.info("playground on http://%s:%s -> %s%s", host, port, target.base_url,
-                f" (key from {target.key_env})" if target.api_key else " (no API key)")
+    logger.info(
+        "playground on http://%s:%s -> %s%s",
+        host,
+        port,
+        target.base_url,
+        f" (key from {target.key_env})" if target.api_key else " (no API key)",
+    )
     uvicorn.run(proxy_app(target, host), host=host, port=port, log_level="info")

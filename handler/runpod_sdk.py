@@ -37,6 +37,9 @@ def forget_jobs_of_earlier_processes() -> None:
     """
     progress = JobsProgress()
     if len(progress):
-        logger.warning("forgetting %d job(s) left in progress by an earlier worker process: %s",
-                       len(progress), ", ".join(sorted(str(job) for job in progress)))
+        logger.warning(
+            "forgetting %d job(s) left in progress by an earlier worker process: %s",
+            len(progress),
+            ", ".join(sorted(str(job) for job in progress)),
+        )
         progress.clear()

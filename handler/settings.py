@@ -97,14 +97,12 @@ class Settings(BaseModel):
     max_run_bytes: int = Field(
         10_000_000,
         ge=1,
-        description="The local endpoint answers 413 to a `/run` body larger than this, "
-        "as RunPod does (10 MB).",
+        description="The local endpoint answers 413 to a `/run` body larger than this, as RunPod does (10 MB).",
     )
     max_runsync_bytes: int = Field(
         20_000_000,
         ge=1,
-        description="... and to a `/runsync` or `/openai/v1` body larger than this "
-        "(RunPod's `/runsync` limit, 20 MB).",
+        description="... and to a `/runsync` or `/openai/v1` body larger than this (RunPod's `/runsync` limit, 20 MB).",
     )
 
     @classmethod
@@ -126,16 +124,10 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        values = {
-            name: environ[name.upper()]
-            for name in cls.model_fields
-            if environ.get(name.upper(), "") != ""
-        }
+        values = {name: environ[name.upper()] for name in cls.model_fields if environ.get(name.upper(), "") != ""}
         try:
-            return cls(**values)
+            return cls.model_validate(values)
         except ValidationError as error:
             first = error.errors()[0]
             name = str(first["loc"][0]).upper()
-            raise ConfigError(
-                f"{name}={environ.get(name)!r} is not valid: {first['msg']}"
-            ) from None
+            raise ConfigError(f"{name}={environ.get(name)!r} is not valid: {first['msg']}") from None

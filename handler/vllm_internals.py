@@ -23,7 +23,7 @@ import inspect
 import os
 from argparse import Namespace
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 _missing: list[str] = []
 
@@ -121,8 +121,7 @@ def serve_parser(prog: str) -> argparse.ArgumentParser:
     dests = {action.dest for action in parser_actions(parser)}
     lacking = [dest for dest in SERVE_DESTS if dest not in dests]
     if lacking:
-        raise ImportError(f"vLLM {vllm_version}'s serve parser has no {', '.join(lacking)}; "
-                          "see docs/UPGRADING.md")
+        raise ImportError(f"vLLM {vllm_version}'s serve parser has no {', '.join(lacking)}; see docs/UPGRADING.md")
     return parser
 
 
@@ -140,10 +139,10 @@ def is_append_action(action: argparse.Action) -> bool:
     return isinstance(action, argparse._AppendAction)
 
 
-def raise_on_parse_error(parser: argparse.ArgumentParser, fail: Callable[[str], None]) -> None:
+def raise_on_parse_error(parser: argparse.ArgumentParser, fail: Callable[[str], NoReturn]) -> None:
     """Make the parser call ``fail(message)`` (which raises) instead of
     printing usage and exiting."""
-    parser.error = fail  # type: ignore[method-assign]
+    parser.error = fail  # type: ignore[method-assign,assignment]
 
 
 def apply_model_tag(args: Namespace) -> None:
@@ -169,10 +168,27 @@ ReasoningParserManager = _first("ReasoningParserManager", "vllm.reasoning")
 _has(AsyncEngineArgs, "from_cli_args", "create_engine_config")
 _dataclass_fields(AsyncEngineArgs, "enable_log_requests", "aggregate_engine_logging", "disable_log_stats")
 _has(UsageContext, "OPENAI_API_SERVER")
-_has(AsyncLLM, "from_vllm_config", "_run_output_handler", "errored", "dead_error", "is_running",
-     "get_supported_tasks", "reset_mm_cache", "shutdown", "generate", "from_engine_args")
-_params(_member(AsyncLLM, "from_vllm_config"), "vllm_config", "usage_context", "enable_log_requests",
-        "aggregate_engine_logging", "disable_log_stats")
+_has(
+    AsyncLLM,
+    "from_vllm_config",
+    "_run_output_handler",
+    "errored",
+    "dead_error",
+    "is_running",
+    "get_supported_tasks",
+    "reset_mm_cache",
+    "shutdown",
+    "generate",
+    "from_engine_args",
+)
+_params(
+    _member(AsyncLLM, "from_vllm_config"),
+    "vllm_config",
+    "usage_context",
+    "enable_log_requests",
+    "aggregate_engine_logging",
+    "disable_log_stats",
+)
 _assigns(_member(AsyncLLM, "__init__"), "output_handler", "engine_core", "model_config")
 _has(_AsyncMPClient, "_ensure_output_queue_task")
 _assigns(_member(_AsyncMPClient, "_ensure_output_queue_task"), "resources", "output_queue_task")
@@ -295,7 +311,7 @@ class _ServerShim:
     ``app.state.server``: setting ``should_exit`` (vLLM's reaction to a dead
     engine, in ``terminate_if_errored``) calls ``on_exit``."""
 
-    def __init__(self, on_exit: Callable[[], None]) -> None:
+    def __init__(self, on_exit: Callable[[], object]) -> None:
         self._on_exit = on_exit
 
     @property
@@ -308,7 +324,7 @@ class _ServerShim:
             self._on_exit()
 
 
-def on_engine_death(app: Any, callback: Callable[[], None]) -> None:
+def on_engine_death(app: Any, callback: Callable[[], object]) -> None:
     """Call ``callback`` when vLLM's app sees the engine dead."""
     app.state.server = _ServerShim(callback)
 
@@ -355,8 +371,16 @@ _tokenize_response = _first(
 
 # The request fields a native job is turned into (native.to_request).
 COMPLETION_FIELDS_USED = ("model", "prompt", "max_tokens", "stream", "stream_options", "vllm_xargs")
-CHAT_FIELDS_USED = ("model", "messages", "max_completion_tokens", "logprobs", "top_logprobs",
-                    "stream", "stream_options", "vllm_xargs")
+CHAT_FIELDS_USED = (
+    "model",
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "stream",
+    "stream_options",
+    "vllm_xargs",
+)
 STREAM_OPTIONS_USED = ("include_usage", "continuous_usage_stats")
 # SamplingParams fields the native job format names itself.
 SAMPLING_FIELDS_USED = ("max_tokens", "logprobs", "extra_args")

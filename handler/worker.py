@@ -60,10 +60,10 @@ class Worker:
             else:
                 yield native.from_response(json.loads(await response.read()))
             return
-        method, route, body = parsed.request()
+        method, route, payload = parsed.request()
         path = routes.resolve(ready.app, method, route)
-        jobs.check_body(ready.app, method, path, body, ("input", parsed.body_field))
-        response = await self._call(method, path, body)
+        jobs.check_body(ready.app, method, path, payload, ("input", parsed.body_field))
+        response = await self._call(method, path, payload)
         async for item in self._openai_output(response):
             yield item
 

@@ -42,6 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = keep
     config.hook.pytest_deselected(items=drop)
 
+
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "max_tokens": 32}
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -127,11 +128,7 @@ def job_error(items: list[Any]) -> dict[str, Any] | None:
 
 def native_text(items: list[Any], index: int = 0) -> str:
     return "".join(
-        token
-        for item in items
-        for choice in item["choices"]
-        if choice["index"] == index
-        for token in choice["tokens"]
+        token for item in items for choice in item["choices"] if choice["index"] == index for token in choice["tokens"]
     )
 
 

@@ -23,10 +23,30 @@ BOUNDS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
 SHORT = st.integers(1, 4)
 
 ODD_STRINGS = [
-    "", " ", "\x00", "\ud800", "a\udfffb", "\udbff\udc00\ud800", "\u202e\u2066evil", "😀" * 3,
-    "\r\n\r\n", "data: [DONE]\n\n", "{{ bos_token }}{% for m in messages %}", "<|im_end|>",
-    "</s>", "%s%n%x", "'; DROP TABLE jobs; --", "\\u0000", "null", "NaN", "[]", "user",
-    "/v1/chat/completions", "é" * 50, "\ufeff", "x" * 5000,
+    "",
+    " ",
+    "\x00",
+    "\ud800",
+    "a\udfffb",
+    "\udbff\udc00\ud800",
+    "\u202e\u2066evil",
+    "😀" * 3,
+    "\r\n\r\n",
+    "data: [DONE]\n\n",
+    "{{ bos_token }}{% for m in messages %}",
+    "<|im_end|>",
+    "</s>",
+    "%s%n%x",
+    "'; DROP TABLE jobs; --",
+    "\\u0000",
+    "null",
+    "NaN",
+    "[]",
+    "user",
+    "/v1/chat/completions",
+    "é" * 50,
+    "\ufeff",
+    "x" * 5000,
 ]
 odd_text = st.one_of(
     st.text(max_size=30),
@@ -35,10 +55,26 @@ odd_text = st.one_of(
     st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=10),
 )
 huge_text = st.sampled_from(["x" * 100_000, "Paris " * 20_000, "😀" * 30_000])
-odd_number = st.sampled_from([
-    0, -1, 1, -(2**63), 2**63, 2**64 + 1, 10**30, -(10**30), 1e308, -1e308, 1e-300,
-    0.5, -0.5, math.nan, math.inf, -math.inf,
-])
+odd_number = st.sampled_from(
+    [
+        0,
+        -1,
+        1,
+        -(2**63),
+        2**63,
+        2**64 + 1,
+        10**30,
+        -(10**30),
+        1e308,
+        -1e308,
+        1e-300,
+        0.5,
+        -0.5,
+        math.nan,
+        math.inf,
+        -math.inf,
+    ]
+)
 scalar = st.one_of(st.none(), st.booleans(), odd_number, odd_text)
 json_value = st.recursive(
     scalar,
@@ -62,21 +98,39 @@ hostile_value = st.one_of(scalar, json_value, scalar, json_value, rare)  # repea
 
 # -- valid inputs ---------------------------------------------------------------
 
-text = st.sampled_from([
-    "What is the capital of France?", "Count to three.", "Hi", "Say yes or no.", "1, 2, 3,",
-    "Écris une phrase.", "日本の首都は？", "😀?",
-])
+text = st.sampled_from(
+    [
+        "What is the capital of France?",
+        "Count to three.",
+        "Hi",
+        "Say yes or no.",
+        "1, 2, 3,",
+        "Écris une phrase.",
+        "日本の首都は？",
+        "😀?",
+    ]
+)
 content_parts = st.lists(st.builds(lambda t: {"type": "text", "text": t}, text), min_size=1, max_size=2)
 user = st.builds(lambda c: {"role": "user", "content": c}, st.one_of(text, content_parts))
 system = st.builds(lambda c: {"role": "system", "content": c}, text)
 assistant = st.builds(lambda c: {"role": "assistant", "content": c}, text)
-tool_turn = st.just([
-    {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [{
-        "id": "call_1", "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
-])
+tool_turn = st.just(
+    [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+)
 messages = st.one_of(
     st.builds(lambda s, u: [s, u], system, user),
     st.builds(lambda u: [u], user),
@@ -104,8 +158,7 @@ sampling = st.fixed_dictionaries(
 ).map(lambda p: {("temperature" if k == "temperature_null" else k): v for k, v in p.items()})
 
 native = st.one_of(
-    st.fixed_dictionaries({"messages": messages, "sampling_params": sampling},
-                          optional={"stream": st.booleans()}),
+    st.fixed_dictionaries({"messages": messages, "sampling_params": sampling}, optional={"stream": st.booleans()}),
     st.fixed_dictionaries({"prompt": text, "sampling_params": sampling}, optional={"stream": st.booleans()}),
 )
 # vLLM's own request fields, as an OpenAI client sends them in extra_body
@@ -117,17 +170,36 @@ vllm_extras = {
 }
 chat_body = st.fixed_dictionaries(
     {"model": st.just(MODEL), "messages": messages, "max_tokens": SHORT},
-    optional={"temperature": st.sampled_from([0, 1.0]), "stream": st.booleans(), "seed": st.integers(0, 99),
-              "logprobs": st.booleans(), "n": st.sampled_from([1, 2]),
-              "response_format": st.just({"type": "json_object"}),
-              "tools": st.just([{"type": "function", "function": {
-                  "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]),
-              **vllm_extras},
+    optional={
+        "temperature": st.sampled_from([0, 1.0]),
+        "stream": st.booleans(),
+        "seed": st.integers(0, 99),
+        "logprobs": st.booleans(),
+        "n": st.sampled_from([1, 2]),
+        "response_format": st.just({"type": "json_object"}),
+        "tools": st.just(
+            [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                    },
+                }
+            ]
+        ),
+        **vllm_extras,
+    },
 )
 completion_body = st.fixed_dictionaries(
     {"model": st.just(MODEL), "prompt": text, "max_tokens": SHORT},
-    optional={"temperature": st.sampled_from([0, 1.0]), "stream": st.booleans(), "echo": st.booleans(),
-              "logprobs": st.sampled_from([0, 2]), **vllm_extras},
+    optional={
+        "temperature": st.sampled_from([0, 1.0]),
+        "stream": st.booleans(),
+        "echo": st.booleans(),
+        "logprobs": st.sampled_from([0, 2]),
+        **vllm_extras,
+    },
 )
 openai = st.one_of(
     st.builds(lambda b: {"openai_route": "/v1/chat/completions", "openai_input": b}, chat_body),
@@ -186,27 +258,85 @@ def half_valid(draw: st.DrawFn, base: st.SearchStrategy = valid) -> Any:
 hostile = st.one_of(
     json_value,
     hostile_value,
-    st.dictionaries(st.sampled_from(["prompt", "messages", "sampling_params", "stream", "openai_route",
-                                     "openai_input", "route", "body", "method", "input"]) | odd_text,
-                    hostile_value, max_size=4),
-    st.builds(lambda r, b: {"openai_route": r, "openai_input": b}, odd_text | st.sampled_from(
-        ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/responses",
-         "/v1/messages", "/v1/embeddings", "v1/models", "/../../etc/passwd", "/health", "/metrics"]),
-        hostile_value),
-    st.builds(lambda m: {"messages": m, "sampling_params": {"max_tokens": 2}},
-              st.lists(hostile_value, min_size=1, max_size=3)),
-    st.builds(lambda p: {"prompt": "Hi", "sampling_params": p},
-              st.dictionaries(st.sampled_from(sorted(["temperature", "n", "stop", "seed", "logprobs",
-                                                      "structured_outputs", "extra_args", "logit_bias",
-                                                      "stop_token_ids", "bad_words", "top_k", "min_tokens",
-                                                      "repetition_detection", "allowed_token_ids"])),
-                              hostile_value, min_size=1, max_size=3).map(lambda p: {**p, "max_tokens": 2})),
-    st.builds(lambda m: {"messages": [m], "sampling_params": {"max_tokens": 2}},
-              st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id",
-                                               "reasoning_content", "author"]),
-                              hostile_value, max_size=3)),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "prompt",
+                "messages",
+                "sampling_params",
+                "stream",
+                "openai_route",
+                "openai_input",
+                "route",
+                "body",
+                "method",
+                "input",
+            ]
+        )
+        | odd_text,
+        hostile_value,
+        max_size=4,
+    ),
+    st.builds(
+        lambda r, b: {"openai_route": r, "openai_input": b},
+        odd_text
+        | st.sampled_from(
+            [
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/tokenize",
+                "/detokenize",
+                "/v1/responses",
+                "/v1/messages",
+                "/v1/embeddings",
+                "v1/models",
+                "/../../etc/passwd",
+                "/health",
+                "/metrics",
+            ]
+        ),
+        hostile_value,
+    ),
+    st.builds(
+        lambda m: {"messages": m, "sampling_params": {"max_tokens": 2}}, st.lists(hostile_value, min_size=1, max_size=3)
+    ),
+    st.builds(
+        lambda p: {"prompt": "Hi", "sampling_params": p},
+        st.dictionaries(
+            st.sampled_from(
+                sorted(
+                    [
+                        "temperature",
+                        "n",
+                        "stop",
+                        "seed",
+                        "logprobs",
+                        "structured_outputs",
+                        "extra_args",
+                        "logit_bias",
+                        "stop_token_ids",
+                        "bad_words",
+                        "top_k",
+                        "min_tokens",
+                        "repetition_detection",
+                        "allowed_token_ids",
+                    ]
+                )
+            ),
+            hostile_value,
+            min_size=1,
+            max_size=3,
+        ).map(lambda p: {**p, "max_tokens": 2}),
+    ),
+    st.builds(
+        lambda m: {"messages": [m], "sampling_params": {"max_tokens": 2}},
+        st.dictionaries(
+            st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content", "author"]),
+            hostile_value,
+            max_size=3,
+        ),
+    ),
 )
-
 
 
 def bounded(job: Any) -> Any:

@@ -37,8 +37,14 @@ spec.loader.exec_module(bake)
 
 SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
 BIN_SHARDS = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
-NON_WEIGHTS = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "chat_template.jinja"]
+NON_WEIGHTS = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+]
 
 
 def index(*shards: str) -> str:
@@ -59,23 +65,44 @@ def plain(names: list[str]) -> dict[str, str]:
 def both_formats(root: Path) -> Path:
     """A repo that ships its weights three times: safetensors shards, the same
     as .bin shards, an old single model.safetensors; plus original/ and exports."""
-    return make_repo(root, {
-        **plain(NON_WEIGHTS + SHARDS + BIN_SHARDS + ["model.safetensors", "original/consolidated.00.pth",
-                "original/params.json", "original/tokenizer.model", "flax_model.msgpack", "tf_model.h5",
-                "onnx/model.onnx", "openvino/openvino_model.bin", ".gitattributes", "training_args.bin"]),
-        "model.safetensors.index.json": index(*SHARDS),
-        "pytorch_model.bin.index.json": index(*BIN_SHARDS),
-    })
+    return make_repo(
+        root,
+        {
+            **plain(
+                NON_WEIGHTS
+                + SHARDS
+                + BIN_SHARDS
+                + [
+                    "model.safetensors",
+                    "original/consolidated.00.pth",
+                    "original/params.json",
+                    "original/tokenizer.model",
+                    "flax_model.msgpack",
+                    "tf_model.h5",
+                    "onnx/model.onnx",
+                    "openvino/openvino_model.bin",
+                    ".gitattributes",
+                    "training_args.bin",
+                ]
+            ),
+            "model.safetensors.index.json": index(*SHARDS),
+            "pytorch_model.bin.index.json": index(*BIN_SHARDS),
+        },
+    )
 
 
 def mistral_layout(root: Path) -> Path:
     """Mistral's layout (Mistral-7B-Instruct-v0.3): HF shards + index, and the
     same weights again as consolidated.safetensors with params.json."""
-    return make_repo(root, {
-        **plain(NON_WEIGHTS + SHARDS + ["consolidated.safetensors", "params.json", "tekken.json",
-                                        "tokenizer.model.v3"]),
-        "model.safetensors.index.json": index(*SHARDS),
-    })
+    return make_repo(
+        root,
+        {
+            **plain(
+                NON_WEIGHTS + SHARDS + ["consolidated.safetensors", "params.json", "tekken.json", "tokenizer.model.v3"]
+            ),
+            "model.safetensors.index.json": index(*SHARDS),
+        },
+    )
 
 
 def files_under(path: Path) -> list[str]:
@@ -83,12 +110,20 @@ def files_under(path: Path) -> list[str]:
 
 
 def run_bake(tmp_path: Path, model: str | Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    env = {"MODEL_NAME": str(model), "HF_TOKEN": SECRET, "HOME": str(tmp_path / "home"),
-           "TMPDIR": str(tmp_path / "tmp"), **env}
+    env = {
+        "MODEL_NAME": str(model),
+        "HF_TOKEN": SECRET,
+        "HOME": str(tmp_path / "home"),
+        "TMPDIR": str(tmp_path / "tmp"),
+        **env,
+    }
     (tmp_path / "tmp").mkdir(exist_ok=True)
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--dest", str(tmp_path / "models"), *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert SECRET not in result.stdout + result.stderr
     return result
@@ -121,11 +156,21 @@ def test_both_formats_bake_only_the_indexed_safetensors_shards(tmp_path):
     assert record["files"] == files_under(baked), "the manifest lists exactly what was baked"
     assert record["commit"] is None and record["load_format"] == "auto"
     assert f"weights (safetensors): 2 file(s): {SHARDS[0]}, {SHARDS[1]}\n" in result.stdout
-    assert record["left_out"] == sorted(BIN_SHARDS + ["model.safetensors", "original/consolidated.00.pth",
-                                                      "original/params.json", "original/tokenizer.model",
-                                                      "flax_model.msgpack", "tf_model.h5", "onnx/model.onnx",
-                                                      "openvino/openvino_model.bin", "pytorch_model.bin.index.json",
-                                                      "training_args.bin"])
+    assert record["left_out"] == sorted(
+        BIN_SHARDS
+        + [
+            "model.safetensors",
+            "original/consolidated.00.pth",
+            "original/params.json",
+            "original/tokenizer.model",
+            "flax_model.msgpack",
+            "tf_model.h5",
+            "onnx/model.onnx",
+            "openvino/openvino_model.bin",
+            "pytorch_model.bin.index.json",
+            "training_args.bin",
+        ]
+    )
     assert_no_cache_left(tmp_path, baked)
 
 
@@ -153,10 +198,13 @@ def test_load_format_picks_the_hf_shards_of_a_mistral_layout(tmp_path):
 
 
 def test_only_bin_bakes_the_bin_files_and_their_index(tmp_path):
-    source = make_repo(tmp_path / "repo", {
-        **plain(NON_WEIGHTS + BIN_SHARDS + ["training_args.bin", "optimizer.pt"]),
-        "pytorch_model.bin.index.json": index(*BIN_SHARDS),
-    })
+    source = make_repo(
+        tmp_path / "repo",
+        {
+            **plain(NON_WEIGHTS + BIN_SHARDS + ["training_args.bin", "optimizer.pt"]),
+            "pytorch_model.bin.index.json": index(*BIN_SHARDS),
+        },
+    )
     result = run_bake(tmp_path, source)
     assert result.returncode == 0, result.stderr
     record = manifest(tmp_path)
@@ -178,8 +226,9 @@ def test_tokenizer_name_bakes_tokenizer_files_only(tmp_path):
     and transformers loads the baked tokenizer to the same tokens."""
     from transformers import AutoTokenizer
 
-    model = make_repo(tmp_path / "model", {**plain(["config.json"] + SHARDS),
-                                           "model.safetensors.index.json": index(*SHARDS)})
+    model = make_repo(
+        tmp_path / "model", {**plain(["config.json"] + SHARDS), "model.safetensors.index.json": index(*SHARDS)}
+    )
     tokenizer = Settings.from_env().embedded_model_dir  # SmolLM2: model.safetensors beside its tokenizer
     result = run_bake(tmp_path, model, TOKENIZER_NAME=str(tokenizer))
     assert result.returncode == 0, result.stderr
@@ -189,18 +238,27 @@ def test_tokenizer_name_bakes_tokenizer_files_only(tmp_path):
     assert files_under(baked) == ["chat_template.jinja", "config.json", "tokenizer.json", "tokenizer_config.json"]
     assert record["tokenizer_files"] == files_under(baked)
     text = "What is the capital of France?"
-    assert AutoTokenizer.from_pretrained(baked)(text)["input_ids"] == AutoTokenizer.from_pretrained(tokenizer)(text)["input_ids"]
+    assert (
+        AutoTokenizer.from_pretrained(baked)(text)["input_ids"]
+        == AutoTokenizer.from_pretrained(tokenizer)(text)["input_ids"]
+    )
 
 
 def test_a_tokenizer_only_source(tmp_path):
     model = make_repo(tmp_path / "model", plain(["config.json", "model.safetensors"]))
-    tokenizer = make_repo(tmp_path / "tok", plain(["tokenizer.json", "tokenizer_config.json", "vocab.json",
-                                                    "merges.txt", "README.md", "LICENSE"]))
+    tokenizer = make_repo(
+        tmp_path / "tok",
+        plain(["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "README.md", "LICENSE"]),
+    )
     result = run_bake(tmp_path, model, TOKENIZER_NAME=str(tokenizer))
     assert result.returncode == 0, result.stderr
     record = manifest(tmp_path)
-    assert files_under(Path(record["tokenizer_path"])) == ["merges.txt", "tokenizer.json", "tokenizer_config.json",
-                                                          "vocab.json"]
+    assert files_under(Path(record["tokenizer_path"])) == [
+        "merges.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
 
 
 def test_a_tokenizer_without_tokenizer_files_is_refused(tmp_path):
@@ -221,8 +279,9 @@ def test_a_model_without_weights_vllm_loads_is_refused(tmp_path):
 
 
 def test_an_index_naming_missing_shards_is_refused(tmp_path):
-    source = make_repo(tmp_path / "repo", {**plain(["config.json", SHARDS[0]]),
-                                           "model.safetensors.index.json": index(*SHARDS)})
+    source = make_repo(
+        tmp_path / "repo", {**plain(["config.json", SHARDS[0]]), "model.safetensors.index.json": index(*SHARDS)}
+    )
     result = run_bake(tmp_path, source)
     assert result.returncode == 1
     assert f"model.safetensors.index.json names weight files the repo does not have: {SHARDS[1]}" in result.stderr
@@ -230,8 +289,12 @@ def test_an_index_naming_missing_shards_is_refused(tmp_path):
 
 def test_dest_inside_the_source_is_refused(tmp_path):
     source = make_repo(tmp_path / "repo", plain(["config.json", "model.safetensors"]))
-    result = subprocess.run([sys.executable, str(SCRIPT), "--dest", str(source / "out")],
-                            env={**os.environ, "MODEL_NAME": str(source)}, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dest", str(source / "out")],
+        env={**os.environ, "MODEL_NAME": str(source)},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "over its own source" in result.stderr
     assert files_under(source) == ["config.json", "model.safetensors"]
 
@@ -260,7 +323,7 @@ class FakeHub:
 
     def fetched(self, repo: str) -> set[str]:
         prefix = f"/{repo}/resolve/{COMMIT}/"
-        return {path[len(prefix):] for method, path, _ in self.requests if method == "GET" and path.startswith(prefix)}
+        return {path[len(prefix) :] for method, path, _ in self.requests if method == "GET" and path.startswith(prefix)}
 
     def answer(self, method: str, path: str, auth: str | None) -> tuple[int, bytes, dict[str, str]]:
         self.requests.append((method, path, auth))
@@ -271,10 +334,21 @@ class FakeHub:
         for repo, root in self.repos.items():
             files = files_under(root)
             if path == f"/api/models/{repo}" or path.startswith(f"/api/models/{repo}/revision/"):
-                return 200, json.dumps({"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}).encode(), {}
+                return (
+                    200,
+                    json.dumps({"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}).encode(),
+                    {},
+                )
             if path.startswith(f"/api/models/{repo}/tree/{COMMIT}"):
-                tree = [{"type": "file", "path": f, "size": (root / f).stat().st_size,
-                         "oid": hashlib.sha1((root / f).read_bytes()).hexdigest()} for f in files]
+                tree = [
+                    {
+                        "type": "file",
+                        "path": f,
+                        "size": (root / f).stat().st_size,
+                        "oid": hashlib.sha1((root / f).read_bytes()).hexdigest(),
+                    }
+                    for f in files
+                ]
                 return 200, json.dumps(tree).encode(), {}
             name = path.removeprefix(f"/{repo}/resolve/{COMMIT}/")
             if name != path and name in files:
@@ -296,8 +370,9 @@ class FakeHub:
                 self.reply(body=True)
 
             def reply(self, body: bool) -> None:
-                status, data, headers = hub.answer(self.command, unquote(urlparse(self.path).path),
-                                                   self.headers.get("Authorization"))
+                status, data, headers = hub.answer(
+                    self.command, unquote(urlparse(self.path).path), self.headers.get("Authorization")
+                )
                 self.send_response(status)
                 for key, value in {"Content-Length": str(len(data)), **headers}.items():
                     self.send_header(key, value)
@@ -310,16 +385,24 @@ class FakeHub:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[FakeHub]:
-    hub = FakeHub({"org/model": both_formats(tmp_path / "hub-model"),
-                   "org/mistral": mistral_layout(tmp_path / "hub-mistral")}, SECRET)
+    hub = FakeHub(
+        {"org/model": both_formats(tmp_path / "hub-model"), "org/mistral": mistral_layout(tmp_path / "hub-mistral")},
+        SECRET,
+    )
     yield hub
     hub.server.shutdown()
     hub.server.server_close()
 
 
 def test_a_hub_model_downloads_one_copy_and_no_cache(tmp_path, hub):
-    result = run_bake(tmp_path, "org/model", HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0",
-                      MODEL_REVISION="main", TOKENIZER_NAME="org/mistral")
+    result = run_bake(
+        tmp_path,
+        "org/model",
+        HF_ENDPOINT=hub.url,
+        HF_HUB_OFFLINE="0",
+        MODEL_REVISION="main",
+        TOKENIZER_NAME="org/mistral",
+    )
     assert result.returncode == 0, result.stderr
     record = manifest(tmp_path)
     baked, tokenizer = Path(record["path"]), Path(record["tokenizer_path"])
@@ -329,11 +412,22 @@ def test_a_hub_model_downloads_one_copy_and_no_cache(tmp_path, hub):
     assert record["files"] == files_under(baked) and record["weights"] == SHARDS
     # the tokenizer of a repo full of weights: its tokenizer files only
     assert hub.fetched("org/mistral") == set(files_under(tokenizer)) == set(record["tokenizer_files"])
-    assert files_under(tokenizer) == sorted(["config.json", "chat_template.jinja", "special_tokens_map.json",
-                                             "tekken.json", "tokenizer.json", "tokenizer.model.v3",
-                                             "tokenizer_config.json"])
-    assert all(auth == f"Bearer {SECRET}" for _, path, auth in hub.requests if path.startswith("/api/models")
-               or "/resolve/" in path), "every hub call carries the token"
+    assert files_under(tokenizer) == sorted(
+        [
+            "config.json",
+            "chat_template.jinja",
+            "special_tokens_map.json",
+            "tekken.json",
+            "tokenizer.json",
+            "tokenizer.model.v3",
+            "tokenizer_config.json",
+        ]
+    )
+    assert all(
+        auth == f"Bearer {SECRET}"
+        for _, path, auth in hub.requests
+        if path.startswith("/api/models") or "/resolve/" in path
+    ), "every hub call carries the token"
     assert_no_cache_left(tmp_path, baked, tokenizer)
 
 
@@ -356,12 +450,24 @@ def test_a_wrong_token_fails_in_one_line_without_showing_it(tmp_path, hub):
 
 
 def test_each_folder_keeps_one_format():
-    files = ["config.json", "model.safetensors", "modules.json", "2_Dense/config.json",
-             "2_Dense/model.safetensors", "2_Dense/pytorch_model.bin", "original/model.safetensors"]
+    files = [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "2_Dense/config.json",
+        "2_Dense/model.safetensors",
+        "2_Dense/pytorch_model.bin",
+        "original/model.safetensors",
+    ]
     selection = bake.select_weights(files)
     assert selection.weights == ("2_Dense/model.safetensors", "model.safetensors")
-    assert selection.files == ["2_Dense/config.json", "2_Dense/model.safetensors", "config.json",
-                               "model.safetensors", "modules.json"]
+    assert selection.files == [
+        "2_Dense/config.json",
+        "2_Dense/model.safetensors",
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+    ]
 
 
 def test_exact_names_become_exact_download_patterns():
@@ -415,8 +521,9 @@ def test_the_choice_matches_vllms_loader(tmp_path, load_format):
             theirs = None
         selection = bake.select_weights(bake.local_files(root), load_format)
         try:
-            selection = bake.checked(bake.apply_indexes(selection, bake.read_weight_maps(root, selection.indexes)),
-                                     name, load_format)
+            selection = bake.checked(
+                bake.apply_indexes(selection, bake.read_weight_maps(root, selection.indexes)), name, load_format
+            )
             ours = sorted(w for w in selection.weights if "/" not in w)
         except bake.BakeError:
             ours = None
@@ -432,9 +539,9 @@ def test_heavy_files_are_vllms_own_non_weight_list():
 
 def files_copied_for_the_bake() -> list[str]:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    final_stage = dockerfile[dockerfile.rindex("\nFROM "):]
-    before_bake = final_stage[:final_stage.index("download_model.py --dest")]
-    after_pip = before_bake[before_bake.rindex("pip install"):]
+    final_stage = dockerfile[dockerfile.rindex("\nFROM ") :]
+    before_bake = final_stage[: final_stage.index("download_model.py --dest")]
+    after_pip = before_bake[before_bake.rindex("pip install") :]
     names = []
     for sources in re.findall(r"^COPY (.+) \S+/$", after_pip, re.MULTILINE):
         names += sources.split()
@@ -453,9 +560,11 @@ def test_without_model_name_it_needs_only_the_embedded_model_module(tmp_path):
     embedded = Settings.from_env().embedded_model_dir  # already prepared: prepare() returns at once
     result = subprocess.run(
         [sys.executable, str(image / "builder" / "download_model.py"), "--dest", str(tmp_path / "models")],
-        cwd=image, env={**os.environ, "MODEL_NAME": "", "EMBEDDED_MODEL_DIR": str(embedded),
-                        "HOME": str(tmp_path / "home")},
-        capture_output=True, text=True, timeout=300,
+        cwd=image,
+        env={**os.environ, "MODEL_NAME": "", "EMBEDDED_MODEL_DIR": str(embedded), "HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert f"the embedded default model is ready in {embedded}" in result.stdout

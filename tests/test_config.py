@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 HUB_ID = "acme/smol-cached"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # the shape of SmolLM2-135M, enough for the tensor-parallel check
-MODEL_CONFIG = {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
-                "num_hidden_layers": 30, "intermediate_size": 1536, "vocab_size": 49152}
+MODEL_CONFIG = {
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+}
 
 
 def model_dir(path: Path) -> Path:
@@ -39,8 +45,9 @@ def settings_for(tmp_path: Path, *, baked: dict | None = None) -> Settings:
     manifest = tmp_path / "baked.json"
     if baked is not None:
         manifest.write_text(json.dumps(baked))
-    return Settings(volume_dir=tmp_path / "volume", baked_model_manifest=manifest,
-                    embedded_model_dir=tmp_path / "embedded")
+    return Settings(
+        volume_dir=tmp_path / "volume", baked_model_manifest=manifest, embedded_model_dir=tmp_path / "embedded"
+    )
 
 
 def bake(tmp_path: Path, **extra: str) -> tuple[Settings, Path]:
@@ -153,7 +160,9 @@ def test_choosing_the_model_imports_no_vllm(tmp_path):
         "assert not [m for m in sys.modules if m.split('.')[0] in ('vllm', 'huggingface_hub', 'torch')], "
         "sorted(sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -205,8 +214,11 @@ def test_engine_config_serves_the_cached_snapshot(tmp_path):
 @pytest.mark.vllm
 def test_served_name_set_by_the_user_wins_over_the_default(tmp_path):
     settings = settings_for(tmp_path)
-    for environ in ({"SERVED_MODEL_NAME": "mine"}, {"OPENAI_SERVED_MODEL_NAME_OVERRIDE": "mine"},
-                    {"VLLM_EXTRA_ARGS": "--served-model-name mine"}):
+    for environ in (
+        {"SERVED_MODEL_NAME": "mine"},
+        {"OPENAI_SERVED_MODEL_NAME_OVERRIDE": "mine"},
+        {"VLLM_EXTRA_ARGS": "--served-model-name mine"},
+    ):
         assert config.engine_config(settings, environ).args.served_model_name == ["mine"], environ
 
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from docker_cli import engine_or_reason, find_builder
+
 from handler import environment, flags, jobs
 from handler.config import engine_config
 from handler.settings import Settings
@@ -37,8 +37,11 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of each Dockerfile line, continuations joined."""
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     lines = [line.strip() for line in text.splitlines()]
-    return [(line.split()[0].upper(), line.split(None, 1)[1] if " " in line else "")
-            for line in lines if line and not line.startswith("#")]
+    return [
+        (line.split()[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
 
 
 def test_dockerfile_layers_run_from_stable_to_volatile():
@@ -59,12 +62,14 @@ def test_dockerfile_layers_run_from_stable_to_volatile():
             position["bake"] = index
         if instruction == "COPY" and arguments.split()[0] == "handler/":
             position["code"] = index
-    assert position["pip"] < position["model_args"] < position["bake_copy"] < position["bake"] < position["code"], position
-    bake_inputs = [arguments for instruction, arguments in steps[position["pip"] + 1:position["bake"]]
-                   if instruction == "COPY"]
-    assert bake_inputs == ["builder/download_model.py builder/",
-                           "handler/embedded_model.py handler/"], bake_inputs
-    assert not [a for i, a in steps[position["bake"] + 1:] if i == "ARG" and a.startswith("MODEL_")]
+    assert position["pip"] < position["model_args"] < position["bake_copy"] < position["bake"] < position["code"], (
+        position
+    )
+    bake_inputs = [
+        arguments for instruction, arguments in steps[position["pip"] + 1 : position["bake"]] if instruction == "COPY"
+    ]
+    assert bake_inputs == ["builder/download_model.py builder/", "handler/embedded_model.py handler/"], bake_inputs
+    assert not [a for i, a in steps[position["bake"] + 1 :] if i == "ARG" and a.startswith("MODEL_")]
 
 
 def test_hub_defaults_fit_real_deployments():
@@ -104,10 +109,29 @@ def test_hub_defaults_and_options_are_values_vllm_accepts():
 # RunPod's Hub schema (docs.runpod.io/hub/publishing-guide): a field outside
 # it is not read by the Hub, so a setting placed there would silently do nothing.
 HUB_FIELDS = {"title", "description", "type", "category", "iconUrl", "config"}
-HUB_CONFIG_FIELDS = {"runsOn", "containerDiskInGb", "cpuFlavor", "gpuCount", "gpuIds",
-                     "allowedCudaVersions", "presets", "env"}
-HUB_INPUT_FIELDS = {"name", "type", "description", "default", "advanced", "options",
-                    "min", "max", "trueValue", "falseValue", "required"}
+HUB_CONFIG_FIELDS = {
+    "runsOn",
+    "containerDiskInGb",
+    "cpuFlavor",
+    "gpuCount",
+    "gpuIds",
+    "allowedCudaVersions",
+    "presets",
+    "env",
+}
+HUB_INPUT_FIELDS = {
+    "name",
+    "type",
+    "description",
+    "default",
+    "advanced",
+    "options",
+    "min",
+    "max",
+    "trueValue",
+    "falseValue",
+    "required",
+}
 HUB_TESTS_CONFIG_FIELDS = {"gpuTypeId", "gpuCount", "cpuFlavor", "env", "allowedCudaVersions"}
 
 
@@ -131,8 +155,13 @@ def test_hub_asks_for_the_token_as_a_secret_and_has_a_smollm2_preset():
 
 
 def test_the_hubs_handler_py_starts_the_worker_package():
-    result = subprocess.run([sys.executable, str(ROOT / ".runpod" / "handler.py"), "--help"],
-                            cwd="/", capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / ".runpod" / "handler.py"), "--help"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "serve" in result.stdout and "plan" in result.stdout
 
@@ -165,7 +194,10 @@ def test_network_volume_holds_the_caches(tmp_path):
 def _bake(tmp_path: Path, source: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "builder" / "download_model.py"), "--dest", str(tmp_path / "models")],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -173,8 +205,9 @@ def test_bake_a_local_model_then_serve_it_offline(tmp_path):
     source = Settings.from_env().embedded_model_dir
     manifest = tmp_path / "models" / "baked.json"
     secret = "hf_bakingsecret42"
-    result = _bake(tmp_path, source, MODEL_NAME=str(source), QUANTIZATION="", HF_TOKEN=secret,
-                   BAKED_MODEL_MANIFEST=str(manifest))
+    result = _bake(
+        tmp_path, source, MODEL_NAME=str(source), QUANTIZATION="", HF_TOKEN=secret, BAKED_MODEL_MANIFEST=str(manifest)
+    )
     assert result.returncode == 0, result.stderr
     assert secret not in result.stdout + result.stderr
     record = json.loads(manifest.read_text())
@@ -194,9 +227,12 @@ def test_bake_a_local_model_then_serve_it_offline(tmp_path):
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"input": {"openai_route": "/v1/models"}}))
     run = subprocess.run(
-        [sys.executable, "-m", "handler", "run", "--input", str(job)], cwd=ROOT,
+        [sys.executable, "-m", "handler", "run", "--input", str(job)],
+        cwd=ROOT,
         env={**os.environ, "BAKED_MODEL_MANIFEST": str(manifest), "EMBEDDED_MODEL_DIR": str(tmp_path / "unused")},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     output = json.loads(run.stdout.split("[output] ", 1)[1])["output"][0]
@@ -224,11 +260,14 @@ def test_docker_gpu_image_builds_and_answers():
     if builder is None:
         pytest.skip("no docker CLI here can build with BuildKit")
     tag = "vllm-worker:gpu-test"
-    build = subprocess.run(builder.command("-t", tag, str(ROOT)), env=builder.env(),
-                           capture_output=True, text=True, timeout=3600)
+    build = subprocess.run(
+        builder.command("-t", tag, str(ROOT)), env=builder.env(), capture_output=True, text=True, timeout=3600
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     container = client.containers.run(
-        tag, ["run"], device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
+        tag,
+        ["run"],
+        device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
         detach=True,
     )
     try:

@@ -11,7 +11,9 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_settings_table_matches_the_settings_object():
-    assert Settings.reference() in README, "regenerate with: python -c 'from handler.settings import Settings; print(Settings.reference())'"
+    assert Settings.reference() in README, (
+        "regenerate with: python -c 'from handler.settings import Settings; print(Settings.reference())'"
+    )
 
 
 def test_every_alias_is_documented():

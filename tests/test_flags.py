@@ -142,9 +142,7 @@ def test_removed_flag_warns_and_does_not_crash(caplog):
 
 
 def test_secrets_are_redacted_in_the_logged_configuration():
-    parsed = flags.parse(
-        {"HF_TOKEN": "hf_verysecret", "API_KEY": "sk-alsosecret", "MAX_MODEL_LEN": "1024"}
-    )
+    parsed = flags.parse({"HF_TOKEN": "hf_verysecret", "API_KEY": "sk-alsosecret", "MAX_MODEL_LEN": "1024"})
     line = parsed.describe()
     assert "hf_verysecret" not in line and "sk-alsosecret" not in line
     assert "'hf_token': '***'" in line

@@ -12,10 +12,9 @@ import json
 import re
 from typing import Any
 
-from hypothesis import HealthCheck, given, seed, settings
-
 import job_inputs
 from conftest import CAPITAL, GREEDY, native_text, run_job
+from hypothesis import HealthCheck, given, seed, settings
 
 # how an unclear error reads: a Python exception's text, or a traceback
 RAW_EXCEPTION = re.compile(r"^\s*('?\w+'? object |[A-Z]\w*(Error|Exception):)|Traceback")
@@ -40,9 +39,13 @@ def outcome(items: list[Any]) -> dict[str, Any] | None:
 
 
 @seed(20240909)
-@settings(max_examples=300, deadline=None, database=None, print_blob=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 @given(job_input=job_inputs.job_inputs)
 async def test_every_input_completes_or_fails_clearly(worker, job_input):
     items = await asyncio.wait_for(run_job(worker, job_input, "fuzz"), JOB_TIMEOUT_S)

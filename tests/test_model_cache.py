@@ -66,11 +66,21 @@ def test_the_worker_boots_from_the_cache_with_the_hub_unreachable(tmp_path):
     source = Settings.from_env().embedded_model_dir
     snapshot = fabricate_cache(tmp_path / "volume", source)
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"input": {
-        "openai_route": "/v1/chat/completions",
-        "openai_input": {"model": HUB_ID, "temperature": 0, "max_tokens": 16,
-                         "messages": [{"role": "user", "content": "What is the capital of France?"}]},
-    }}))
+    job.write_text(
+        json.dumps(
+            {
+                "input": {
+                    "openai_route": "/v1/chat/completions",
+                    "openai_input": {
+                        "model": HUB_ID,
+                        "temperature": 0,
+                        "max_tokens": 16,
+                        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                    },
+                }
+            }
+        )
+    )
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
     env.update(
         MODEL_NAME=HUB_ID,
@@ -79,8 +89,14 @@ def test_the_worker_boots_from_the_cache_with_the_hub_unreachable(tmp_path):
         EMBEDDED_MODEL_DIR=str(tmp_path / "unused"),
         HF_ENDPOINT="http://127.0.0.1:9",  # any hub call would fail at once
     )
-    run = subprocess.run([sys.executable, "-m", "handler", "run", "--input", str(job)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "handler", "run", "--input", str(job)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert f"{HUB_ID} (revision main) is in the model cache at {snapshot}" in run.stderr
     output = json.loads(run.stdout.split("[output] ", 1)[1])["output"][0]

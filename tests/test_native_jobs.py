@@ -73,7 +73,9 @@ async def test_stop_string_ends_generation(worker):
 
 async def test_structured_output(worker):
     params = {"temperature": 0, "max_tokens": 5, "structured_outputs": {"choice": ["yes", "no"]}}
-    [output] = await run_job(worker, {"messages": [{"role": "user", "content": "Is Paris in France?"}], "sampling_params": params})
+    [output] = await run_job(
+        worker, {"messages": [{"role": "user", "content": "Is Paris in France?"}], "sampling_params": params}
+    )
     assert output["choices"][0]["tokens"][0] in ("yes", "no")
 
 
@@ -122,13 +124,16 @@ async def test_eight_concurrent_jobs_get_their_own_answers(worker):
     """Each job counts on from its own numbers, so a mixed-up answer shows."""
     starts = [10 * i + 1 for i in range(7)]
     jobs = [
-        {"prompt": f"{n}, {n + 1}, {n + 2},", "sampling_params": {"temperature": 0, "max_tokens": 10},
-         "stream": i % 2 == 0}
+        {
+            "prompt": f"{n}, {n + 1}, {n + 2},",
+            "sampling_params": {"temperature": 0, "max_tokens": 10},
+            "stream": i % 2 == 0,
+        }
         for i, n in enumerate(starts)
     ]
     jobs.append({"messages": CAPITAL, "sampling_params": GREEDY, "stream": True})
     results = await asyncio.gather(*(run_job(worker, job, f"job-{i}") for i, job in enumerate(jobs)))
-    for n, items in zip(starts, results):
+    for n, items in zip(starts, results, strict=False):
         assert job_error(items) is None
         assert native_text(items).startswith(f" {n + 3}, {n + 4}"), (n, native_text(items))
     assert "Paris" in native_text(results[-1])

@@ -7,17 +7,16 @@ import json
 import time
 
 import pytest
-
 from conftest import CAPITAL, GREEDY, LORA_NAME, job_error, native_text, run_job
-
-from handler.streaming import event_data
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def chat(**extra):
-    return {"openai_route": "/v1/chat/completions",
-            "openai_input": {"model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32, **extra}}
+    return {
+        "openai_route": "/v1/chat/completions",
+        "openai_input": {"model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32, **extra},
+    }
 
 
 def sse_payloads(items: list[str]) -> list[dict]:
@@ -29,7 +28,7 @@ def sse_payloads(items: list[str]) -> list[dict]:
             assert event.startswith("data: "), repr(event)
             if event == "data: [DONE]":
                 continue
-            payloads.append(json.loads(event[len("data: "):]))
+            payloads.append(json.loads(event[len("data: ") :]))
     return payloads
 
 
@@ -84,19 +83,24 @@ async def test_anthropic_messages(worker):
 async def test_tokenize_and_detokenize(worker):
     [tokens] = await run_job(worker, {"openai_route": "/tokenize", "openai_input": {"model": MODEL, "prompt": "Paris"}})
     assert tokens["count"] == len(tokens["tokens"]) > 0
-    [text] = await run_job(worker, {"openai_route": "/detokenize", "openai_input": {"model": MODEL, "tokens": tokens["tokens"]}})
+    [text] = await run_job(
+        worker, {"openai_route": "/detokenize", "openai_input": {"model": MODEL, "tokens": tokens["tokens"]}}
+    )
     assert text["prompt"] == "Paris"
 
 
 async def test_embeddings_route_is_absent_for_a_generative_model(worker):
-    error = job_error(await run_job(worker, {"openai_route": "/v1/embeddings", "openai_input": {"model": MODEL, "input": "x"}}))
+    error = job_error(
+        await run_job(worker, {"openai_route": "/v1/embeddings", "openai_input": {"model": MODEL, "input": "x"}})
+    )
     assert error["code"] == 404
     assert "/v1/embeddings" in error["message"] and "POST /v1/chat/completions" in error["message"]
 
 
 async def test_worker_vllm_route_form(worker):
-    [answer] = await run_job(worker, {"route": "/v1/chat/completions", "method": "POST",
-                                      "body": chat()["openai_input"]})
+    [answer] = await run_job(
+        worker, {"route": "/v1/chat/completions", "method": "POST", "body": chat()["openai_input"]}
+    )
     assert "Paris" in answer["choices"][0]["message"]["content"]
     [models] = await run_job(worker, {"route": "/v1/models"})
     assert models["object"] == "list"
@@ -211,19 +215,24 @@ async def test_sixteen_concurrent_mixed_jobs(worker):
             jobs.append({"openai_route": "/v1/completions", "openai_input": body})
             checks.append(
                 lambda items, e=expected, s=stream: (
-                    "".join(c["text"] for p in sse_payloads(items) for c in p["choices"]) if s
+                    "".join(c["text"] for p in sse_payloads(items) for c in p["choices"])
+                    if s
                     else items[0]["choices"][0]["text"]
                 ).startswith(e)
             )
         else:
             jobs.append(chat(stream=stream))
             checks.append(
-                lambda items, s=stream: "Paris" in (
-                    "".join(c["delta"].get("content") or "" for p in sse_payloads(items) for c in p["choices"]) if s
-                    else items[0]["choices"][0]["message"]["content"]
+                lambda items, s=stream: (
+                    "Paris"
+                    in (
+                        "".join(c["delta"].get("content") or "" for p in sse_payloads(items) for c in p["choices"])
+                        if s
+                        else items[0]["choices"][0]["message"]["content"]
+                    )
                 )
             )
     results = await asyncio.gather(*(run_job(worker, job, f"mixed-{i}") for i, job in enumerate(jobs)))
-    for i, (items, check) in enumerate(zip(results, checks)):
+    for i, (items, check) in enumerate(zip(results, checks, strict=True)):
         assert job_error(items) is None, (i, items)
         assert check(items), (i, jobs[i], items)

@@ -77,7 +77,10 @@ DEEPSEEK_R1_16_BIT = {
 DEEPSEEK_R1 = {
     **DEEPSEEK_R1_16_BIT,
     "quantization_config": {
-        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128],
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
     },
 }
 
@@ -151,8 +154,14 @@ def test_every_card_size_is_priced_from_the_dated_runpod_table():
     assert prices.as_of == "2026-11-23"
     assert prices.card_sizes == [24, 48, 80, 141, 180]
     assert {pool.gpus: pool.usd_per_gpu_second for pool in prices.pools} == {
-        "L4, A5000, 3090": 0.00019, "4090 PRO": 0.00031, "A6000, A40": 0.00034, "L40, L40S, 6000 Ada PRO": 0.00053,
-        "A100": 0.00076, "H100 PRO": 0.00116, "H200 PRO": 0.00155, "B200": 0.00240,
+        "L4, A5000, 3090": 0.00019,
+        "4090 PRO": 0.00031,
+        "A6000, A40": 0.00034,
+        "L40, L40S, 6000 Ada PRO": 0.00053,
+        "A100": 0.00076,
+        "H100 PRO": 0.00116,
+        "H200 PRO": 0.00155,
+        "B200": 0.00240,
     }
     report = render(make_plan(SMOLLM2_135M), "SmolLM2-135M")
     assert "as of 2026-11-23" in report and "https://docs.runpod.io/serverless/pricing" in report
@@ -238,12 +247,15 @@ def test_deepseek_r1_in_16_bit_prints_the_ways_out(tmp_path):
     assert {split.card_gb: split.nodes for split in plan.node_splits}[80] == 3
     report = plan_for(str(model))
     assert "does not fit on one 8-GPU worker" in report
-    assert "- FP8 weights (1 bytes/param), 839 GB: 8 x 141 GB (H200 PRO), TENSOR_PARALLEL_SIZE=8, $44.64/hour." in report
+    assert (
+        "- FP8 weights (1 bytes/param), 839 GB: 8 x 141 GB (H200 PRO), TENSOR_PARALLEL_SIZE=8, $44.64/hour." in report
+    )
     assert "Needs an FP8 checkpoint of this model; plan cannot look on the hub for one." in report
     assert "Needs a 4-bit AWQ or GPTQ checkpoint" in report
     assert "2 nodes x 8 x 141 GB" in report
-    assert (f"vllm serve {model} --tensor-parallel-size 8 --pipeline-parallel-size 2 "
-            "--distributed-executor-backend ray") in report
+    assert (
+        f"vllm serve {model} --tensor-parallel-size 8 --pipeline-parallel-size 2 --distributed-executor-backend ray"
+    ) in report
     assert "RunPod Instant Clusters" in report and "When a model outgrows one worker" in report
     assert "estimates from config.json" in report
 
@@ -266,7 +278,9 @@ def test_a_small_model_fits_one_24_gb_card():
     plan = make_plan(SMOLLM2_135M)
     assert plan.max_model_len == 8192
     assert card(plan, 24).gpus == 1
-    assert "Recommended: 1 x 24 GB (L4, A5000, 3090), TENSOR_PARALLEL_SIZE=1, $0.68/hour" in render(plan, "SmolLM2-135M")
+    assert "Recommended: 1 x 24 GB (L4, A5000, 3090), TENSOR_PARALLEL_SIZE=1, $0.68/hour" in render(
+        plan, "SmolLM2-135M"
+    )
 
 
 def test_awq_4_bit_weights_are_a_quarter_of_16_bit():

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import LORA_NAME, serving
 
 from handler import playground
@@ -30,8 +29,14 @@ QUESTION = "What is the capital of France?"
 # the chat template's own default, so the answer is the one without a system prompt
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 STORY = "Write a very long story about a dragon who learns to cook."
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # every piece of text the last answer showed, one entry per change of the page
 RECORD_STEPS = """
 window.__steps = [];
@@ -45,8 +50,12 @@ new MutationObserver(() => {
 
 
 def chromium() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -106,8 +115,10 @@ async def open_page(browser, url, *, width=1280, height=800, models=True, **opti
             await route.abort()
 
     await context.route("**/*", only_this_server)
-    page.on("request", lambda request: request.url.endswith("/v1/chat/completions")
-            and page.sent.append(request.post_data_json))
+    page.on(
+        "request",
+        lambda request: request.url.endswith("/v1/chat/completions") and page.sent.append(request.post_data_json),
+    )
     await page.add_init_script(RECORD_STEPS)
     await page.goto(url + "/")
     if models:
@@ -147,7 +158,9 @@ async def until(condition, timeout: float = 60.0, step: float = 0.02) -> float:
 async def run_code(args: list[str]) -> str:
     """Run pasted code in a new process, while this event loop serves it."""
     process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()[-3000:]
@@ -176,7 +189,12 @@ async def test_page_routes_and_labelled_controls(browser, endpoint_url):
         assert "javascript" in (await http.get("/playground/static/playground.js")).headers["content-type"]
         config = (await http.get("/playground/config.json")).json()
         assert config["openai"]["base"] == f"{endpoint_url}/v2/local/openai/v1"
-        assert config["runpod"] == {"url_base": f"{endpoint_url}/v2", "endpoint_id": "local", "key_env": None, "key": "local"}
+        assert config["runpod"] == {
+            "url_base": f"{endpoint_url}/v2",
+            "endpoint_id": "local",
+            "key_env": None,
+            "key": "local",
+        }
         assert (await http.get("/playground/static/nothing.js")).status_code == 404
 
     async with open_page(browser, endpoint_url) as page:
@@ -190,7 +208,10 @@ async def test_page_routes_and_labelled_controls(browser, endpoint_url):
         nameless = await page.evaluate("""() => [...document.querySelectorAll("button")]
             .filter((el) => !el.textContent.trim()).map((el) => el.outerHTML)""")
         assert nameless == []
-        assert await page.get_by_label("Model").evaluate("el => [...el.options].map(o => o.value)") == [MODEL, LORA_NAME]
+        assert await page.get_by_label("Model").evaluate("el => [...el.options].map(o => o.value)") == [
+            MODEL,
+            LORA_NAME,
+        ]
         assert page.foreign == []
 
 
@@ -215,20 +236,20 @@ async def test_chat_streams_keeps_the_conversation_and_shows_stats(browser, endp
         assert "Paris" in text
         steps = await page.evaluate("window.__steps")
         assert len(steps) > 1, "the answer arrived in more than one step"
-        assert all(later.startswith(earlier) for earlier, later in zip(steps, steps[1:]))
+        assert all(later.startswith(earlier) for earlier, later in zip(steps, steps[1:], strict=False))
         assert "Paris" not in steps[0]
 
         [request] = page.sent
-        assert request["messages"] == [{"role": "system", "content": SYSTEM},
-                                       {"role": "user", "content": QUESTION}]
+        assert request["messages"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
         assert request["model"] == MODEL and request["temperature"] == 0 and request["max_tokens"] == 32
         assert request["top_p"] == 1 and request["stream"] is True
         assert request["stream_options"] == {"include_usage": True}
 
         # the stats are the server's usage, and the time to the first token
         async with httpx.AsyncClient(base_url=endpoint_url, timeout=60) as http:
-            plain = (await http.post("/v1/chat/completions", json={**request, "stream": False,
-                                                                   "stream_options": None})).json()
+            plain = (
+                await http.post("/v1/chat/completions", json={**request, "stream": False, "stream_options": None})
+            ).json()
         assert plain["choices"][0]["message"]["content"] == text
         meta = answer.locator(".meta")
         stats = await meta.evaluate("el => ({...el.dataset})")
@@ -236,7 +257,10 @@ async def test_chat_streams_keeps_the_conversation_and_shows_stats(browser, endp
         assert int(stats["completionTokens"]) == plain["usage"]["completion_tokens"]
         assert 0 < float(stats["ttftMs"]) < 30_000 and float(stats["tokensPerS"]) > 0
         shown = await meta.inner_text()
-        assert f'{plain["usage"]["prompt_tokens"]} prompt + {plain["usage"]["completion_tokens"]} completion tokens' in shown
+        assert (
+            f"{plain['usage']['prompt_tokens']} prompt + {plain['usage']['completion_tokens']} completion tokens"
+            in shown
+        )
         assert re.search(r"first token \d+(\.\d+)? m?s", shown) and re.search(r"[\d.]+ tokens/s", shown)
 
         # the conversation goes on with the first answer in it
@@ -274,7 +298,9 @@ async def test_stop_aborts_the_generation_and_the_layout_holds(browser, endpoint
         stop = page.get_by_role("button", name="Stop")
         await expect(stop).to_be_visible()
         await expect(page.get_by_role("button", name="Send")).to_be_hidden()
-        await until(lambda: page.evaluate("(el => el.scrollHeight > el.clientHeight + 40)(document.getElementById('log'))"))
+        await until(
+            lambda: page.evaluate("(el => el.scrollHeight > el.clientHeight + 40)(document.getElementById('log'))")
+        )
         assert await unfinished(engine) == 1
 
         # while it streams: nothing moves, and the box follows the end of the answer
@@ -297,7 +323,9 @@ async def test_stop_aborts_the_generation_and_the_layout_holds(browser, endpoint
         await page.evaluate("document.getElementById('log').scrollTop = 0")
         first = page.locator(".msg.user").first
         before, length = await first.bounding_box(), samples[-1]["text"]
-        await until(lambda: page.evaluate(f"document.querySelector('.msg.assistant .content').textContent.length > {length}"))
+        await until(
+            lambda: page.evaluate(f"document.querySelector('.msg.assistant .content').textContent.length > {length}")
+        )
         assert await first.bounding_box() == before
         assert await page.evaluate("document.getElementById('log').scrollTop") == 0
 
@@ -317,16 +345,22 @@ async def test_stop_aborts_the_generation_and_the_layout_holds(browser, endpoint
         # the stopped answer stays in the conversation
         await page.get_by_label("Max tokens").fill("8")
         await ask(page, "Thanks.")
-        assert page.sent[-1]["messages"][:2] == [{"role": "user", "content": STORY},
-                                                 {"role": "assistant", "content": kept}]
+        assert page.sent[-1]["messages"][:2] == [
+            {"role": "user", "content": STORY},
+            {"role": "assistant", "content": kept},
+        ]
 
 
 async def test_server_errors_are_shown_inline(browser, endpoint_url):
     from playwright.async_api import expect
 
     async with httpx.AsyncClient(base_url=endpoint_url, timeout=60) as http:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 100_000,
-                "stream": True}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": QUESTION}],
+            "max_tokens": 100_000,
+            "stream": True,
+        }
         direct = await http.post("/v1/chat/completions", json=body)
     assert direct.status_code == 400
     message = direct.json()["error"]["message"]
@@ -464,8 +498,9 @@ async def test_proxy_sends_the_key_upstream_and_never_to_the_browser(browser, wo
             await expect(page.get_by_label("Model")).to_have_value(MODEL)
             await expect(page.locator("#status")).to_be_empty()
 
-        target = playground.upstream(None, f"{upstream_url}/v2/local/openai/v1", "PLAYGROUND_TEST_KEY",
-                                     environ={"PLAYGROUND_TEST_KEY": key})
+        target = playground.upstream(
+            None, f"{upstream_url}/v2/local/openai/v1", "PLAYGROUND_TEST_KEY", environ={"PLAYGROUND_TEST_KEY": key}
+        )
         recorder = Recorder(playground.proxy_app(target))
         async with serving(recorder) as url:
             async with open_page(browser, url) as page:
@@ -497,10 +532,12 @@ async def test_proxy_sends_the_key_upstream_and_never_to_the_browser(browser, wo
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 config = (await http.get("/playground/config.json")).text
                 assert (await http.get("/v1/completions")).status_code == 404
-                assert (await http.post("/v1/chat/completions", content=b"{}",
-                                        headers={"Content-Type": "text/plain"})).status_code == 415
-                other_site = await http.post("/v1/chat/completions", json={},
-                                             headers={"Origin": "https://evil.example"})
+                assert (
+                    await http.post("/v1/chat/completions", content=b"{}", headers={"Content-Type": "text/plain"})
+                ).status_code == 415
+                other_site = await http.post(
+                    "/v1/chat/completions", json={}, headers={"Origin": "https://evil.example"}
+                )
                 assert other_site.status_code == 403
                 assert (await http.get("/v1/models", headers={"Host": "evil.example"})).status_code == 400
         assert b"Paris" in recorder.sent and b"data: [DONE]" in recorder.sent
@@ -513,7 +550,8 @@ async def test_proxy_sends_the_key_upstream_and_never_to_the_browser(browser, wo
         async with serving(playground.proxy_app(target)) as url:
             async with open_page(browser, url, models=False) as page:
                 await expect(page.locator("#status")).to_have_text(
-                    "Cannot list the models: 401: Unauthorized: send Authorization: Bearer <api key>")
+                    "Cannot list the models: 401: Unauthorized: send Authorization: Bearer <api key>"
+                )
 
     # an upstream that does not answer
     target = playground.upstream(None, "http://127.0.0.1:9/v1", environ={})
@@ -536,14 +574,16 @@ async def test_copy_as_code_for_a_runpod_endpoint(browser):
         try:
             page = await context.new_page()
             page.set_default_timeout(60_000)
-            await context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url + "/")
-                                else route.abort())
-            await page.route("**/v1/models", lambda route: route.fulfill(json={"object": "list",
-                                                                               "data": [{"id": MODEL}]}))
+            await context.route(
+                "**/*", lambda route: route.continue_() if route.request.url.startswith(url + "/") else route.abort()
+            )
+            await page.route(
+                "**/v1/models", lambda route: route.fulfill(json={"object": "list", "data": [{"id": MODEL}]})
+            )
             await page.goto(url + "/playground")
             await expect(page.get_by_label("Model")).to_have_value(MODEL)
             assert await page.locator("#target").inner_text() == "RunPod endpoint abc123"
-            await page.get_by_label("Message").fill("Say it's \"done\".\nThen stop.")
+            await page.get_by_label("Message").fill('Say it\'s "done".\nThen stop.')
             await page.get_by_role("button", name="Copy as code").click()
             codes = {}
             for tab in ("curl", "Python (OpenAI SDK)", "Python (runpod SDK)"):
@@ -568,8 +608,13 @@ async def test_copy_as_code_for_a_runpod_endpoint(browser):
 
 def test_cli_refuses_a_missing_key():
     env = {k: v for k, v in os.environ.items() if k != "RUNPOD_API_KEY"}
-    result = subprocess.run([sys.executable, "-m", "handler", "playground", "--endpoint", "abc123"],
-                            capture_output=True, text=True, env=env, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "handler", "playground", "--endpoint", "abc123"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 2
     assert "playground: set RUNPOD_API_KEY to your RunPod API key" in result.stderr

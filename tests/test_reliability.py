@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from conftest import CAPITAL, GREEDY, job_error, native_text, run_job, serving
 
 from handler import jobs, native
@@ -33,8 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TOOL_TURN = [
     {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [{
-        "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
     {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
 ]
 
@@ -52,7 +56,7 @@ async def test_a_character_split_between_chunks_is_joined():
     for cut in range(1, len(payload)):
         events = [e async for e in sse_events(_chunks([payload[:cut], payload[cut:]]))]
         assert event_data(events[0]) == {"text": "é€😀 Paris"}, cut
-    one_byte_at_a_time = [payload[i:i + 1] for i in range(len(payload))]
+    one_byte_at_a_time = [payload[i : i + 1] for i in range(len(payload))]
     events = [e async for e in sse_events(_chunks(one_byte_at_a_time))]
     assert events == ['data: {"text": "é€😀 Paris"}\n\n', "data: [DONE]\n\n"]
 
@@ -65,34 +69,77 @@ async def test_bytes_that_are_not_utf8_do_not_fail_the_stream():
 # -- native messages and sampling_params -------------------------------------------
 
 
-@pytest.mark.parametrize("job_input,says,param", [
-    ({"messages": [{"role": 5, "content": "hi"}]}, "input.messages[0].role: the role is a string", "messages[0].role"),
-    ({"messages": [{"role": None}]}, "input.messages[0].role", "messages[0].role"),
-    ({"messages": [{"content": "hi"}]}, "input.messages[0].role: missing", "messages[0].role"),
-    ({"messages": [CAPITAL[0], {"role": "user", "content": 5}]}, "input.messages[1].content: Input should be a valid string",
-     "messages[1].content"),
-    ({"messages": [{"role": "assistant", "tool_calls": 12}]}, "input.messages[0].tool_calls", "messages[0].tool_calls"),
-    ({"messages": ["What is the capital of France?"]}, "input.messages[0]: a message is an object", "messages[0]"),
-    ({"messages": []}, "input.messages: the chat is empty", "messages"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
-     "input.messages[0].content[0].text: Input should be a valid string", "messages[0].content"),
-    ({"messages": [{"role": "user", "content": "hi", "name": 7}]}, "input.messages[0].name", "messages[0].name"),
-    ({"prompt": "hi", "sampling_params": {"structured_outputs": 5}}, "input.sampling_params.structured_outputs",
-     "sampling_params.structured_outputs"),
-    ({"prompt": "hi", "sampling_params": {"structured_outputs": {"choice": "yes"}}},
-     "input.sampling_params.structured_outputs.choice: Input should be a valid list", "sampling_params.structured_outputs"),
-    ({"prompt": "hi", "sampling_params": {"structured_outputs": {"regex": "a", "choice": ["a"]}}},
-     "only use one kind of structured outputs", "sampling_params.structured_outputs"),
-    ({"prompt": "hi", "sampling_params": {"extra_args": 12}}, "input.sampling_params.extra_args: Input should be a valid dictionary",
-     "sampling_params.extra_args"),
-    ({"prompt": "hi", "sampling_params": {"stop": [1, 2]}}, "input.sampling_params.stop[0]", "sampling_params.stop"),
-    ({"prompt": "hi", "sampling_params": {"logit_bias": {"the": 1}}}, "input.sampling_params.logit_bias.the",
-     "sampling_params.logit_bias"),
-    ({"prompt": "hi", "sampling_params": {"max_tokens": 2.5}}, "input.sampling_params.max_tokens", "sampling_params.max_tokens"),
-    ({"prompt": "caf\udce9"}, "input.prompt: the text holds a lone surrogate (\\udce9", "prompt"),
-    ({"prompt": "hi", "sampling_params": {"stop": ["\ud800"]}}, "input.sampling_params.stop[0]: the text holds a lone surrogate",
-     "sampling_params.stop[0]"),
-])
+@pytest.mark.parametrize(
+    "job_input,says,param",
+    [
+        (
+            {"messages": [{"role": 5, "content": "hi"}]},
+            "input.messages[0].role: the role is a string",
+            "messages[0].role",
+        ),
+        ({"messages": [{"role": None}]}, "input.messages[0].role", "messages[0].role"),
+        ({"messages": [{"content": "hi"}]}, "input.messages[0].role: missing", "messages[0].role"),
+        (
+            {"messages": [CAPITAL[0], {"role": "user", "content": 5}]},
+            "input.messages[1].content: Input should be a valid string",
+            "messages[1].content",
+        ),
+        (
+            {"messages": [{"role": "assistant", "tool_calls": 12}]},
+            "input.messages[0].tool_calls",
+            "messages[0].tool_calls",
+        ),
+        ({"messages": ["What is the capital of France?"]}, "input.messages[0]: a message is an object", "messages[0]"),
+        ({"messages": []}, "input.messages: the chat is empty", "messages"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
+            "input.messages[0].content[0].text: Input should be a valid string",
+            "messages[0].content",
+        ),
+        ({"messages": [{"role": "user", "content": "hi", "name": 7}]}, "input.messages[0].name", "messages[0].name"),
+        (
+            {"prompt": "hi", "sampling_params": {"structured_outputs": 5}},
+            "input.sampling_params.structured_outputs",
+            "sampling_params.structured_outputs",
+        ),
+        (
+            {"prompt": "hi", "sampling_params": {"structured_outputs": {"choice": "yes"}}},
+            "input.sampling_params.structured_outputs.choice: Input should be a valid list",
+            "sampling_params.structured_outputs",
+        ),
+        (
+            {"prompt": "hi", "sampling_params": {"structured_outputs": {"regex": "a", "choice": ["a"]}}},
+            "only use one kind of structured outputs",
+            "sampling_params.structured_outputs",
+        ),
+        (
+            {"prompt": "hi", "sampling_params": {"extra_args": 12}},
+            "input.sampling_params.extra_args: Input should be a valid dictionary",
+            "sampling_params.extra_args",
+        ),
+        (
+            {"prompt": "hi", "sampling_params": {"stop": [1, 2]}},
+            "input.sampling_params.stop[0]",
+            "sampling_params.stop",
+        ),
+        (
+            {"prompt": "hi", "sampling_params": {"logit_bias": {"the": 1}}},
+            "input.sampling_params.logit_bias.the",
+            "sampling_params.logit_bias",
+        ),
+        (
+            {"prompt": "hi", "sampling_params": {"max_tokens": 2.5}},
+            "input.sampling_params.max_tokens",
+            "sampling_params.max_tokens",
+        ),
+        ({"prompt": "caf\udce9"}, "input.prompt: the text holds a lone surrogate (\\udce9", "prompt"),
+        (
+            {"prompt": "hi", "sampling_params": {"stop": ["\ud800"]}},
+            "input.sampling_params.stop[0]: the text holds a lone surrogate",
+            "sampling_params.stop[0]",
+        ),
+    ],
+)
 async def test_bad_native_values_fail_with_400_naming_the_field(worker, job_input, says, param):
     error = job_error(await run_job(worker, job_input))
     assert error["code"] == 400 and error["type"] == "BadRequestError"
@@ -100,17 +147,49 @@ async def test_bad_native_values_fail_with_400_naming_the_field(worker, job_inpu
     assert error["param"] == param
 
 
-@pytest.mark.parametrize("job_input", [
-    {"messages": TOOL_TURN, "sampling_params": {"max_tokens": 4}},
-    {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is the capital"},
-                                               {"type": "text", "text": " of France?"}]}],
-     "sampling_params": {"temperature": None, "max_tokens": 4, "logprobs": True, "seed": "7"}},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "narrator", "content": "Once upon a time"},
-                  {"role": "assistant", "content": "Yes?", "reasoning_content": "think"}, CAPITAL[0]],
-     "sampling_params": {"max_tokens": 4, "structured_outputs": {"choice": ["Paris", "Lyon"]}, "extra_args": {"a": 1}}},
-    {"prompt": "1, 2, 3,", "sampling_params": {"max_tokens": 4, "stop": "\n", "logit_bias": {"28": -1.5},
-                                               "stop_token_ids": [2], "n": 2, "seed": 1}, "stream": True},
-])
+@pytest.mark.parametrize(
+    "job_input",
+    [
+        {"messages": TOOL_TURN, "sampling_params": {"max_tokens": 4}},
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is the capital"},
+                        {"type": "text", "text": " of France?"},
+                    ],
+                }
+            ],
+            "sampling_params": {"temperature": None, "max_tokens": 4, "logprobs": True, "seed": "7"},
+        },
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "narrator", "content": "Once upon a time"},
+                {"role": "assistant", "content": "Yes?", "reasoning_content": "think"},
+                CAPITAL[0],
+            ],
+            "sampling_params": {
+                "max_tokens": 4,
+                "structured_outputs": {"choice": ["Paris", "Lyon"]},
+                "extra_args": {"a": 1},
+            },
+        },
+        {
+            "prompt": "1, 2, 3,",
+            "sampling_params": {
+                "max_tokens": 4,
+                "stop": "\n",
+                "logit_bias": {"28": -1.5},
+                "stop_token_ids": [2],
+                "n": 2,
+                "seed": 1,
+            },
+            "stream": True,
+        },
+    ],
+)
 async def test_what_was_valid_stays_valid(worker, job_input):
     items = await run_job(worker, job_input)
     assert job_error(items) is None
@@ -119,20 +198,25 @@ async def test_what_was_valid_stays_valid(worker, job_input):
 
 def test_multimodal_parts_and_vllm_message_forms_pass_the_check():
     """The embedded model reads text only, so these are checked without the engine."""
-    native.check_messages([
-        {"role": "user", "content": [
-            {"type": "text", "text": "Describe these."},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-            {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
-            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
-            {"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}},
-            {"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}},
-            {"type": "image_embeds", "image_embeds": "AAAA"},
-        ]},
-        {"role": "developer", "content": "Answer in French."},
-        {"role": "function", "name": "f", "content": "42"},
-        *TOOL_TURN,
-    ])
+    native.check_messages(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe these."},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+                    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                    {"type": "audio_url", "audio_url": {"url": "https://example.com/a.mp3"}},
+                    {"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}},
+                    {"type": "image_embeds", "image_embeds": "AAAA"},
+                ],
+            },
+            {"role": "developer", "content": "Answer in French."},
+            {"role": "function", "name": "f", "content": "42"},
+            *TOOL_TURN,
+        ]
+    )
 
 
 def test_job_inputs_too_deep_are_refused_without_recursion():
@@ -150,18 +234,27 @@ def test_job_inputs_too_deep_are_refused_without_recursion():
 
 
 def chat(**fields):
-    return {"openai_route": "/v1/chat/completions",
-            "openai_input": {"model": MODEL, "messages": CAPITAL, "max_tokens": 4, **fields}}
+    return {
+        "openai_route": "/v1/chat/completions",
+        "openai_input": {"model": MODEL, "messages": CAPITAL, "max_tokens": 4, **fields},
+    }
 
 
-@pytest.mark.parametrize("job_input,says", [
-    (chat(structured_outputs=5), "input.openai_input.structured_outputs: vLLM cannot read a number here"),
-    (chat(messages=None), "input.openai_input.messages: vLLM cannot read null here"),
-    (chat(messages=[{"role": "user", "content": [{"type": "text", "text": None}]}]),
-     "input.openai_input.messages[0].content[0].text: Input should be a valid string"),
-    ({"route": "/v1/completions", "body": {"model": MODEL, "prompt": "hi", "structured_outputs": "json"}},
-     "input.body.structured_outputs: vLLM cannot read a string here"),
-])
+@pytest.mark.parametrize(
+    "job_input,says",
+    [
+        (chat(structured_outputs=5), "input.openai_input.structured_outputs: vLLM cannot read a number here"),
+        (chat(messages=None), "input.openai_input.messages: vLLM cannot read null here"),
+        (
+            chat(messages=[{"role": "user", "content": [{"type": "text", "text": None}]}]),
+            "input.openai_input.messages[0].content[0].text: Input should be a valid string",
+        ),
+        (
+            {"route": "/v1/completions", "body": {"model": MODEL, "prompt": "hi", "structured_outputs": "json"}},
+            "input.body.structured_outputs: vLLM cannot read a string here",
+        ),
+    ],
+)
 async def test_openai_values_vllm_would_crash_on_are_named(worker, job_input, says):
     error = job_error(await run_job(worker, job_input))
     assert error["code"] == 400
@@ -202,7 +295,10 @@ async def test_bodies_over_runpods_size_limits_get_413(worker):
     async with endpoint(worker, SMALL) as http:
         answer = await http.post("/v2/local/run", content=padded(2_001))
         assert answer.status_code == 413
-        assert answer.json()["error"] == "the request body is larger than 2000 bytes (RunPod's limit for /run: MAX_RUN_BYTES)"
+        assert (
+            answer.json()["error"]
+            == "the request body is larger than 2000 bytes (RunPod's limit for /run: MAX_RUN_BYTES)"
+        )
         answer = await http.post("/v2/local/runsync", content=padded(4_000))
         assert answer.status_code == 200 and answer.json()["status"] == "COMPLETED"
         answer = await http.post("/v2/local/runsync", content=padded(4_001))
@@ -211,6 +307,7 @@ async def test_bodies_over_runpods_size_limits_get_413(worker):
         async def chunked():  # no Content-Length: the limit holds while reading
             for _ in range(10):
                 yield b" " * 500
+
         answer = await http.post("/v2/local/run", content=chunked())
         assert answer.status_code == 413
 
@@ -279,8 +376,11 @@ async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path):
     log = tmp_path / "worker.log"
     with log.open("w") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "handler", "run", "--input", str(job)], cwd=ROOT,
-            env={**os.environ, "RELIABILITY_TEST_MARKER": marker}, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "handler", "run", "--input", str(job)],
+            cwd=ROOT,
+            env={**os.environ, "RELIABILITY_TEST_MARKER": marker},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         # wait until vLLM has spawned its engine process, and is loading

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import CAPITAL, GREEDY, native_text, serving
 from runpod.serverless.modules.worker_state import Job
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from conftest import CAPITAL, GREEDY, native_text, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -64,13 +63,15 @@ class FakeRunPod:
         return JSONResponse({})
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v2/job-take/{worker}", self.take),
-            Route("/v2/job-take-batch/{worker}", self.take),
-            Route("/v2/job-stop/{worker}", self.stop_poll),
-            Route("/v2/job-stream/{worker}/{job_id}", self.stream, methods=["POST"]),
-            Route("/v2/job-done/{worker}/{job_id}", self.finish, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v2/job-take/{worker}", self.take),
+                Route("/v2/job-take-batch/{worker}", self.take),
+                Route("/v2/job-stop/{worker}", self.stop_poll),
+                Route("/v2/job-stream/{worker}/{job_id}", self.stream, methods=["POST"]),
+                Route("/v2/job-done/{worker}/{job_id}", self.finish, methods=["POST"]),
+            ]
+        )
 
 
 async def wait_for(predicate, timeout: float, log: Path) -> None:
@@ -109,15 +110,23 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
         }
         platform.queue += [
             {"id": "native", "input": {"messages": CAPITAL, "sampling_params": GREEDY, "stream": True}},
-            {"id": "openai", "input": {"openai_route": "/v1/chat/completions", "openai_input": {
-                "model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32}}},
+            {
+                "id": "openai",
+                "input": {
+                    "openai_route": "/v1/chat/completions",
+                    "openai_input": {"model": MODEL, "messages": CAPITAL, "temperature": 0, "max_tokens": 32},
+                },
+            },
             {"id": "bad", "input": {"prompt": 5}},
-            {"id": "long", "input": {"prompt": "1,", "sampling_params": {"max_tokens": 4000, "ignore_eos": True},
-                                     "stream": True}},
+            {
+                "id": "long",
+                "input": {"prompt": "1,", "sampling_params": {"max_tokens": 4000, "ignore_eos": True}, "stream": True},
+            },
         ]
         with log.open("w") as log_file:  # a file, not a pipe: the SDK logs a lot
-            worker = subprocess.Popen([sys.executable, "-m", "handler"], cwd=tmp_path, env=env,
-                                      stdout=log_file, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "handler"], cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
         try:
             await wait_for(lambda: {"native", "openai", "bad"} <= set(platform.done), 240, log)
             await wait_for(lambda: len(platform.streamed.get("long", [])) >= 2, 60, log)
@@ -127,8 +136,9 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
             await asyncio.sleep(2)
             assert len(platform.streamed["long"]) == seen, "the stopped job streams no more"
             assert "long" not in platform.done
-            platform.queue.append({"id": "after", "input": {"prompt": "1, 2, 3,", "sampling_params":
-                                   {"temperature": 0, "max_tokens": 8}}})
+            platform.queue.append(
+                {"id": "after", "input": {"prompt": "1, 2, 3,", "sampling_params": {"temperature": 0, "max_tokens": 8}}}
+            )
             await wait_for(lambda: "after" in platform.done, 60, log)
         finally:
             engine_processes = psutil.Process(worker.pid).children(recursive=True)

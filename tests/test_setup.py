@@ -25,7 +25,9 @@ def fake_wheel(directory: Path, name: str, version: str) -> Path:
     info = f"{name}-{version}.dist-info"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         archive.writestr(f"{info}/RECORD", "")
     # a PEP 503 project page, as an index serves it
     (directory / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
@@ -40,10 +42,13 @@ def install_torch(tmp_path: Path, default_index: Path, cpu_index: Path) -> subpr
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         TORCH_CPU_INDEX_URL=cpu_index.as_uri(),
     )
-    script = ('source builder/torch_cpu.sh && install_torch_cpu "$0" builder/constraints-cpu.txt '
-              "--dry-run --no-deps --ignore-installed")
-    return subprocess.run(["bash", "-c", script, sys.executable], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    script = (
+        'source builder/torch_cpu.sh && install_torch_cpu "$0" builder/constraints-cpu.txt '
+        "--dry-run --no-deps --ignore-installed"
+    )
+    return subprocess.run(
+        ["bash", "-c", script, sys.executable], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_torch_comes_from_pytorchs_cpu_index_when_the_default_index_lacks_it(tmp_path):
@@ -79,12 +84,24 @@ def test_setup_refuses_an_unsupported_python_in_one_line(tmp_path):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
     pyproject = (ROOT / "pyproject.toml").read_text()
-    (tmp_path / "pyproject.toml").write_text(re.sub(r'requires-python = "[^"]+"', 'requires-python = ">=3.99"', pyproject))
-    result = subprocess.run(["bash", "builder/setup_venv.sh"], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable}, timeout=60)
+    (tmp_path / "pyproject.toml").write_text(
+        re.sub(r'requires-python = "[^"]+"', 'requires-python = ">=3.99"', pyproject)
+    )
+    result = subprocess.run(
+        ["bash", "builder/setup_venv.sh"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=60,
+    )
     assert result.returncode != 0
     have = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    assert result.stderr.strip().splitlines()[-1].startswith(f"setup: {sys.executable} is Python {have}; this project needs Python >=3.99")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"setup: {sys.executable} is Python {have}; this project needs Python >=3.99")
+    )
     assert not (tmp_path / ".venv").exists()
 
 

@@ -11,24 +11,37 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import CAPITAL, TOOL_TEMPLATE, job_error, run_job
 
 from handler import native
 from handler.settings import Settings
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city now",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 # the text of one Hermes tool call, as a regex (structured_outputs.regex)
 FORCED = {"regex": r'<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "Paris"\}\}\n</tool_call>'}
 
 
 def chat(**extra) -> dict:
-    body = {"model": MODEL, "messages": WEATHER, "tools": TOOLS, "temperature": 0, "max_tokens": 64,
-            "structured_outputs": FORCED, **extra}
+    body = {
+        "model": MODEL,
+        "messages": WEATHER,
+        "tools": TOOLS,
+        "temperature": 0,
+        "max_tokens": 64,
+        "structured_outputs": FORCED,
+        **extra,
+    }
     return {"openai_route": "/v1/chat/completions", "openai_input": body}
 
 
@@ -64,23 +77,38 @@ CHATS = [
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_without_tools_the_template_renders_what_the_models_own_does(tokenizer, messages, add_generation_prompt):
     own = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    ours = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         chat_template=TOOL_TEMPLATE.read_text())
+    ours = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=TOOL_TEMPLATE.read_text()
+    )
     assert ours == own
 
 
 def test_the_template_renders_tools_calls_and_results_hermes_style(tokenizer):
-    messages = [*WEATHER,
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
-                    "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]
-    text = tokenizer.apply_chat_template(messages, tools=TOOLS, tokenize=False, add_generation_prompt=True,
-                                         chat_template=TOOL_TEMPLATE.read_text())
+    messages = [
+        *WEATHER,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    text = tokenizer.apply_chat_template(
+        messages, tools=TOOLS, tokenize=False, add_generation_prompt=True, chat_template=TOOL_TEMPLATE.read_text()
+    )
     system, _ = text.split("<|im_end|>", 1)
     assert system.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert f"<tools>\n{json.dumps(TOOLS[0])}\n</tools>" in system
-    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-            "</tool_call><|im_end|>\n") in text
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        "</tool_call><|im_end|>\n"
+    ) in text
     assert "<|im_start|>user\n<tool_response>\nsunny, 21 C\n</tool_response><|im_end|>\n" in text
     assert text.endswith("<|im_start|>assistant\n")
 
@@ -92,11 +120,21 @@ def test_streamed_tool_call_pieces_are_joined_by_index():
             call.update(id=f"call_{index}", type="function")
         return {"choices": [{"index": 0, "tokens": [], "finish_reason": None, "tool_calls": [call]}], "usage": None}
 
-    merged = native.merge([piece(0, name="get_weather", arguments=""), piece(0, arguments='{"city": '),
-                           piece(1, name="get_time", arguments="{}"), piece(0, arguments='"Paris"}')])
+    merged = native.merge(
+        [
+            piece(0, name="get_weather", arguments=""),
+            piece(0, arguments='{"city": '),
+            piece(1, name="get_time", arguments="{}"),
+            piece(0, arguments='"Paris"}'),
+        ]
+    )
     assert merged["choices"][0]["tool_calls"] == [
-        {"index": 0, "id": "call_0", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {
+            "index": 0,
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
         {"index": 1, "id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
     ]
 
@@ -114,19 +152,36 @@ async def test_an_openai_job_gets_a_parsed_tool_call(worker):
 
 async def test_a_streamed_openai_job_gets_the_tool_call_in_deltas(worker):
     items = await run_job(worker, chat(stream=True))
-    events = [json.loads(line[len("data: "):]) for item in items for line in item.split("\n\n")
-              if line.startswith("data: {")]
-    deltas = [{"choices": [{"index": 0, "tokens": [], "finish_reason": c["finish_reason"],
-                            "tool_calls": c["delta"].get("tool_calls")}], "usage": None}
-              for event in events for c in event["choices"]]
+    events = [
+        json.loads(line[len("data: ") :]) for item in items for line in item.split("\n\n") if line.startswith("data: {")
+    ]
+    deltas = [
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "tokens": [],
+                    "finish_reason": c["finish_reason"],
+                    "tool_calls": c["delta"].get("tool_calls"),
+                }
+            ],
+            "usage": None,
+        }
+        for event in events
+        for c in event["choices"]
+    ]
     [choice] = native.merge(deltas)["choices"]
     assert choice["finish_reason"] == "tool_calls"
     assert_weather_call(choice["tool_calls"])
 
 
 async def test_a_native_job_passes_tools_and_gets_tool_calls(worker):
-    job = {"messages": WEATHER, "tools": TOOLS, "tool_choice": "auto",
-           "sampling_params": {"temperature": 0, "max_tokens": 64, "structured_outputs": FORCED}}
+    job = {
+        "messages": WEATHER,
+        "tools": TOOLS,
+        "tool_choice": "auto",
+        "sampling_params": {"temperature": 0, "max_tokens": 64, "structured_outputs": FORCED},
+    }
     [output] = await run_job(worker, job)
     [choice] = output["choices"]
     assert choice["finish_reason"] == "tool_calls" and choice["tokens"] == [""]
@@ -157,4 +212,3 @@ async def test_tools_need_a_chat(worker):
 async def test_bad_tools_are_vllms_400(worker):
     error = job_error(await run_job(worker, {"messages": WEATHER, "tools": [{"type": "function"}]}))
     assert error["code"] == 400 and "tools" in error["message"], error
-

@@ -41,8 +41,13 @@ def test_bad_inputs_are_named(job_input, says):
 
 def test_native_request_translation():
     route, body = native.to_request(
-        jobs.parse({"messages": [{"role": "user", "content": "hi"}],
-                    "sampling_params": {"logprobs": 2, "extra_args": {"a": 1}, "max_tokens": 5}, "stream": True}),
+        jobs.parse(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "sampling_params": {"logprobs": 2, "extra_args": {"a": 1}, "max_tokens": 5},
+                "stream": True,
+            }
+        ),
         "m",
     )
     assert route == "/v1/chat/completions"
@@ -72,7 +77,7 @@ async def _aiter(items, delays=None):
 
 async def test_sse_events_are_whole_whatever_the_chunking():
     text = 'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n'
-    chunks = [text[i:i + 5].encode() for i in range(0, len(text), 5)]
+    chunks = [text[i : i + 5].encode() for i in range(0, len(text), 5)]
     events = [e async for e in sse_events(_aiter(chunks))]
     assert events == ['data: {"a": 1}\n\n', 'data: {"b": 2}\n\n', "data: [DONE]\n\n"]
 

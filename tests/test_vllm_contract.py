@@ -100,7 +100,8 @@ def takes(function: str, *names: str, count: int | None = None) -> Callable[[Mod
             positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
             required = [p for p in positional if p.default is p.empty]
             assert len(required) <= count <= len(positional), (
-                f"vLLM's {function} now takes {[p.name for p in positional]}, {len(required)} of them required")
+                f"vLLM's {function} now takes {[p.name for p in positional]}, {len(required)} of them required"
+            )
 
     check.__doc__ = f"{function}({', '.join(names)})"
     return check
@@ -167,79 +168,185 @@ USES = [
     # engine.py: build the engine the way vLLM's server does, start it, watch it
     Use("handler/config.py", "vi.current_platform.is_cpu()", has("current_platform.is_cpu")),
     Use("handler/engine.py", "vi.engine_dead(ready.llm)", has("AsyncLLM.errored", "AsyncLLM.dead_error")),
-    Use("handler/engine.py", "vi.import_parser_plugins(args)", both(
-        has("ToolParserManager.import_tool_parser", "ReasoningParserManager.import_reasoning_parser"),
-        dests("tool_parser_plugin", "reasoning_parser_plugin"))),
-    Use("handler/engine.py", "asyncio.to_thread(vi.build_async_llm, args)", both(
-        has("AsyncEngineArgs.from_cli_args", "AsyncEngineArgs.create_engine_config",
-            "UsageContext.OPENAI_API_SERVER", "propagate_flash_late_interaction"),
-        takes("AsyncEngineArgs.create_engine_config", "usage_context"),
-        takes("propagate_flash_late_interaction", "args", "engine_args", count=2),
-        takes("AsyncLLM.from_vllm_config", "vllm_config", "usage_context", "enable_log_requests",
-              "aggregate_engine_logging", "disable_log_stats"))),
+    Use(
+        "handler/engine.py",
+        "vi.import_parser_plugins(args)",
+        both(
+            has("ToolParserManager.import_tool_parser", "ReasoningParserManager.import_reasoning_parser"),
+            dests("tool_parser_plugin", "reasoning_parser_plugin"),
+        ),
+    ),
+    Use(
+        "handler/engine.py",
+        "asyncio.to_thread(vi.build_async_llm, args)",
+        both(
+            has(
+                "AsyncEngineArgs.from_cli_args",
+                "AsyncEngineArgs.create_engine_config",
+                "UsageContext.OPENAI_API_SERVER",
+                "propagate_flash_late_interaction",
+            ),
+            takes("AsyncEngineArgs.create_engine_config", "usage_context"),
+            takes("propagate_flash_late_interaction", "args", "engine_args", count=2),
+            takes(
+                "AsyncLLM.from_vllm_config",
+                "vllm_config",
+                "usage_context",
+                "enable_log_requests",
+                "aggregate_engine_logging",
+                "disable_log_stats",
+            ),
+        ),
+    ),
     Use("handler/engine.py", "atexit.register(llm.shutdown)", has("AsyncLLM.shutdown")),
-    Use("handler/engine.py", "await vi.start_async_llm(llm)", both(
-        has("AsyncLLM._run_output_handler", "AsyncLLM.reset_mm_cache", "_AsyncMPClient._ensure_output_queue_task"),
-        code_uses("AsyncLLM.__init__", "engine_core", "output_handler"),
-        code_uses("_AsyncMPClient._ensure_output_queue_task", "resources", "output_queue_task"))),
+    Use(
+        "handler/engine.py",
+        "await vi.start_async_llm(llm)",
+        both(
+            has("AsyncLLM._run_output_handler", "AsyncLLM.reset_mm_cache", "_AsyncMPClient._ensure_output_queue_task"),
+            code_uses("AsyncLLM.__init__", "engine_core", "output_handler"),
+            code_uses("_AsyncMPClient._ensure_output_queue_task", "resources", "output_queue_task"),
+        ),
+    ),
     Use("handler/engine.py", "await llm.get_supported_tasks()", has("AsyncLLM.get_supported_tasks")),
-    Use("handler/engine.py", "vi.build_app(args, supported_tasks, llm.model_config)", both(
-        takes("build_app", "args", "supported_tasks", "model_config", count=3),
-        code_uses("AsyncLLM.__init__", "model_config"))),
-    Use("handler/engine.py", "await vi.init_app_state(llm, app.state, args, supported_tasks)",
-        takes("init_app_state", count=4)),
-    Use("handler/engine.py", "vi.on_engine_death(app,", both(
-        code_uses("terminate_if_errored", "should_exit", "errored", "is_running"),
-        code_uses("_engine_error_handler", "terminate_if_errored", "server"))),
+    Use(
+        "handler/engine.py",
+        "vi.build_app(args, supported_tasks, llm.model_config)",
+        both(
+            takes("build_app", "args", "supported_tasks", "model_config", count=3),
+            code_uses("AsyncLLM.__init__", "model_config"),
+        ),
+    ),
+    Use(
+        "handler/engine.py",
+        "await vi.init_app_state(llm, app.state, args, supported_tasks)",
+        takes("init_app_state", count=4),
+    ),
+    Use(
+        "handler/engine.py",
+        "vi.on_engine_death(app,",
+        both(
+            code_uses("terminate_if_errored", "should_exit", "errored", "is_running"),
+            code_uses("_engine_error_handler", "terminate_if_errored", "server"),
+        ),
+    ),
     # flags.py: vLLM's serve parser builds the namespace
-    Use("handler/flags.py", "vi.serve_parser(prog=", both(
-        takes("make_arg_parser", count=1), is_subclass("FlexibleArgumentParser", argparse.ArgumentParser),
-        dests("model_tag", "model"))),
+    Use(
+        "handler/flags.py",
+        "vi.serve_parser(prog=",
+        both(
+            takes("make_arg_parser", count=1),
+            is_subclass("FlexibleArgumentParser", argparse.ArgumentParser),
+            dests("model_tag", "model"),
+        ),
+    ),
     Use("handler/flags.py", "vi.parser_actions(parser):", code_uses("argparse._ActionsContainer.__init__", "_actions")),
     Use("handler/flags.py", "if vi.is_help_action(action)", has("argparse._HelpAction")),
     Use("handler/flags.py", "if vi.is_append_action(self.action):", has("argparse._AppendAction")),
-    Use("handler/flags.py", "return isinstance(self.action, argparse.BooleanOptionalAction)",
-        has("argparse.BooleanOptionalAction")),
+    Use(
+        "handler/flags.py",
+        "return isinstance(self.action, argparse.BooleanOptionalAction)",
+        has("argparse.BooleanOptionalAction"),
+    ),
     Use("handler/flags.py", "vi.raise_on_parse_error(parser, fail)", has("argparse.ArgumentParser.error")),
     Use("handler/flags.py", "vi.apply_model_tag(args)", dests("model_tag", "model")),
     Use("handler/flags.py", "vi.validate_parsed_serve_args(args)", takes("validate_parsed_serve_args", count=1)),
     Use("handler/flags.py", 'f"engine configuration (vLLM {vi.vllm_version})', has("vllm_version")),
     # native.py: native jobs as OpenAI requests, checked against vLLM's types
-    Use("handler/native.py", "vi.request_fields(vi.completion_request_model) & vi.request_fields(vi.chat_request_model)",
-        has("completion_request_model.model_fields", "chat_request_model.model_fields")),
-    Use("handler/native.py", 'RENAMED = {"extra_args": "vllm_xargs"}', both(
-        fields("SamplingParams", "extra_args"), fields("completion_request_model", "vllm_xargs"),
-        fields("chat_request_model", "vllm_xargs"))),
+    Use(
+        "handler/native.py",
+        "vi.request_fields(vi.completion_request_model) & vi.request_fields(vi.chat_request_model)",
+        has("completion_request_model.model_fields", "chat_request_model.model_fields"),
+    ),
+    Use(
+        "handler/native.py",
+        'RENAMED = {"extra_args": "vllm_xargs"}',
+        both(
+            fields("SamplingParams", "extra_args"),
+            fields("completion_request_model", "vllm_xargs"),
+            fields("chat_request_model", "vllm_xargs"),
+        ),
+    ),
     Use("handler/native.py", "for name in vi.sampling_param_fields()", has("SamplingParams.__struct_fields__")),
-    Use("handler/native.py", "declared = vi.sampling_param_types().get(name)", fields("SamplingParams", "max_tokens", "logprobs")),
+    Use(
+        "handler/native.py",
+        "declared = vi.sampling_param_types().get(name)",
+        fields("SamplingParams", "max_tokens", "logprobs"),
+    ),
     Use("handler/native.py", "TypeAdapter(vi.ChatMessage)", has("ChatMessage")),
-    Use("handler/native.py", "except (vi.ClientError, ValueError, TypeError) as error:", is_subclass("ClientError", Exception)),
-    Use("handler/native.py", 'body["max_completion_tokens"] = max_tokens',
-        fields("chat_request_model", "model", "messages", "max_completion_tokens")),
-    Use("handler/native.py", 'body["top_logprobs"] = logprobs', fields("chat_request_model", "logprobs", "top_logprobs")),
-    Use("handler/native.py", 'body["max_tokens"] = max_tokens', fields("completion_request_model", "model", "prompt", "max_tokens")),
-    Use("handler/native.py", 'body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}', both(
-        fields("completion_request_model", "stream", "stream_options"), fields("chat_request_model", "stream", "stream_options"),
-        fields("_stream_options", "include_usage", "continuous_usage_stats"))),
+    Use(
+        "handler/native.py",
+        "except (vi.ClientError, ValueError, TypeError) as error:",
+        is_subclass("ClientError", Exception),
+    ),
+    Use(
+        "handler/native.py",
+        'body["max_completion_tokens"] = max_tokens',
+        fields("chat_request_model", "model", "messages", "max_completion_tokens"),
+    ),
+    Use(
+        "handler/native.py", 'body["top_logprobs"] = logprobs', fields("chat_request_model", "logprobs", "top_logprobs")
+    ),
+    Use(
+        "handler/native.py",
+        'body["max_tokens"] = max_tokens',
+        fields("completion_request_model", "model", "prompt", "max_tokens"),
+    ),
+    Use(
+        "handler/native.py",
+        'body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}',
+        both(
+            fields("completion_request_model", "stream", "stream_options"),
+            fields("chat_request_model", "stream", "stream_options"),
+            fields("_stream_options", "include_usage", "continuous_usage_stats"),
+        ),
+    ),
     Use("handler/native.py", "for field in vi.TOKENIZE_REQUEST_FIELDS", fields("_tokenize_request", "model", "prompt")),
-    Use("handler/native.py", "int(tokenized[vi.TOKENIZE_MAX_MODEL_LEN]) - int(tokenized[vi.TOKENIZE_COUNT])",
-        fields("_tokenize_response", "max_model_len", "count")),
+    Use(
+        "handler/native.py",
+        "int(tokenized[vi.TOKENIZE_MAX_MODEL_LEN]) - int(tokenized[vi.TOKENIZE_COUNT])",
+        fields("_tokenize_response", "max_model_len", "count"),
+    ),
     # load_balancing.py: vLLM's uvicorn flags
     Use("handler/load_balancing.py", "args.uvicorn_log_level", dests("uvicorn_log_level")),
     Use("handler/load_balancing.py", "args.disable_uvicorn_access_log", dests("disable_uvicorn_access_log")),
     # bench: generation straight on AsyncLLM
-    Use("bench/overhead.py", "params = vi.SamplingParams(",
-        fields("SamplingParams", "max_tokens", "ignore_eos", "temperature", "output_kind")),
-    Use("bench/overhead.py", "output_kind=vi.RequestOutputKind.DELTA", has("RequestOutputKind.DELTA", "AsyncLLM.generate")),
-    Use("bench/load_balancing.py", "params = vi.SamplingParams(",
-        fields("SamplingParams", "max_tokens", "ignore_eos", "temperature", "output_kind")),
-    Use("bench/load_balancing.py", "output_kind=vi.RequestOutputKind.DELTA", has("RequestOutputKind.DELTA", "AsyncLLM.generate")),
-    Use("bench/load_balancing.py", "llm = AsyncLLM.from_engine_args(engine_args)", both(
-        has("AsyncLLM.from_engine_args"),
-        takes("AsyncEngineArgs", "model", "enforce_eager", "gpu_memory_utilization", "served_model_name"))),
-    Use("bench/cold_start.py", "llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)", both(
-        has("AsyncLLM.from_engine_args", "RequestOutputKind.DELTA"),
-        takes("AsyncEngineArgs", "model", "enforce_eager", "gpu_memory_utilization", "served_model_name"))),
+    Use(
+        "bench/overhead.py",
+        "params = vi.SamplingParams(",
+        fields("SamplingParams", "max_tokens", "ignore_eos", "temperature", "output_kind"),
+    ),
+    Use(
+        "bench/overhead.py",
+        "output_kind=vi.RequestOutputKind.DELTA",
+        has("RequestOutputKind.DELTA", "AsyncLLM.generate"),
+    ),
+    Use(
+        "bench/load_balancing.py",
+        "params = vi.SamplingParams(",
+        fields("SamplingParams", "max_tokens", "ignore_eos", "temperature", "output_kind"),
+    ),
+    Use(
+        "bench/load_balancing.py",
+        "output_kind=vi.RequestOutputKind.DELTA",
+        has("RequestOutputKind.DELTA", "AsyncLLM.generate"),
+    ),
+    Use(
+        "bench/load_balancing.py",
+        "llm = AsyncLLM.from_engine_args(engine_args)",
+        both(
+            has("AsyncLLM.from_engine_args"),
+            takes("AsyncEngineArgs", "model", "enforce_eager", "gpu_memory_utilization", "served_model_name"),
+        ),
+    ),
+    Use(
+        "bench/cold_start.py",
+        "llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)",
+        both(
+            has("AsyncLLM.from_engine_args", "RequestOutputKind.DELTA"),
+            takes("AsyncEngineArgs", "model", "enforce_eager", "gpu_memory_utilization", "served_model_name"),
+        ),
+    ),
 ]
 
 
@@ -341,7 +448,11 @@ def test_no_getattr_default_on_vllm_objects():
         rel = str(path.relative_to(ROOT))
         lines = path.read_text().splitlines()
         for node in ast.walk(parsed(path)):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+            ):
                 if node.func.id == "getattr" and len(node.args) < 3:
                     continue
                 line = lines[node.lineno - 1]
@@ -371,7 +482,8 @@ def test_every_args_dest_read_is_a_serve_dest():
                 continue
             base = node.value
             is_args = (isinstance(base, ast.Name) and base.id == "args") or (
-                isinstance(base, ast.Attribute) and base.attr == "args")
+                isinstance(base, ast.Attribute) and base.attr == "args"
+            )
             if is_args and node.attr not in serve_dests():
                 found.append(f"{rel}:{node.lineno} args.{node.attr}")
     assert not found, "vLLM's serve parser has no such dest:\n" + "\n".join(found)
@@ -485,7 +597,8 @@ def test_the_copy_passes_what_vllm_passes_to_from_vllm_config():
     passed = {keyword.arg for keyword in calls(function)["AsyncLLM.from_vllm_config"].keywords}
     assert passed == set(FROM_VLLM_CONFIG_KEYWORDS), (
         f"vLLM now passes AsyncLLM.from_vllm_config {sorted(passed ^ set(FROM_VLLM_CONFIG_KEYWORDS))} "
-        "differently: update vi.build_async_llm and FROM_VLLM_CONFIG_KEYWORDS")
+        "differently: update vi.build_async_llm and FROM_VLLM_CONFIG_KEYWORDS"
+    )
     ours = {keyword.arg for keyword in calls(vi.build_async_llm)["AsyncLLM.from_vllm_config"].keywords}
     assert ours == {k for k, how in FROM_VLLM_CONFIG_KEYWORDS.items() if how == "copied"}
 
