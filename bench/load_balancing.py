@@ -243,10 +243,11 @@ def bare_boot() -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs  # bare floor: see the docstring
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    model = Path(os.environ.get("EMBEDDED_MODEL_DIR") or Path.home() / ".cache/vllm-worker/SmolLM2-135M-Instruct")
-    engine_args = AsyncEngineArgs(
-        model=str(model), enforce_eager=True, gpu_memory_utilization=0.3, served_model_name=[MODEL]
-    )
+    from handler.config import CPU_DEFAULTS, EMBEDDED_SERVED_NAME
+    from handler.settings import Settings
+
+    model = Settings.from_env().embedded_model_dir
+    engine_args = AsyncEngineArgs(model=str(model), served_model_name=[EMBEDDED_SERVED_NAME], **CPU_DEFAULTS)
     llm = AsyncLLM.from_engine_args(engine_args)
     print("ready", flush=True)
     llm.shutdown()

@@ -161,9 +161,14 @@ def build_worker(on_fatal: Callable[[str], None] | None = None) -> Worker:
 
 
 def serve_runpod() -> int:
+    """The queue worker. A worker is mostly started cold for a job that waits
+    in the queue, so the engine starts building at once, and the runpod SDK is
+    imported and set up while it builds."""
+    worker = build_worker()
+    worker.engine.build_early()
     from . import runpod_sdk
 
-    runpod_sdk.start(build_worker())
+    runpod_sdk.start(worker)
     return 0
 
 

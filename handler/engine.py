@@ -1,7 +1,9 @@
 """The engine: vLLM's ``AsyncLLM`` and vLLM's own OpenAI app over it.
 
-The engine boots lazily, on the first job, in the event loop that serves jobs;
-jobs that arrive during the boot wait for that same boot. When the boot fails,
+The engine boots on the first job, in the event loop that serves jobs; jobs
+that arrive during the boot wait for that same boot. The production worker
+starts the build earlier, at process start (``build_early``), and the first
+job's boot takes it over. When the boot fails,
 or the engine dies later, every waiting job gets the reason and the worker
 exits non-zero so RunPod replaces it.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
 import os
 import signal
@@ -65,7 +68,8 @@ class Engine:
         self._lifespan: Any = None
         self._watchdog: asyncio.Task | None = None
         self._llm: Any = None
-        self._on_sigterm = False
+        self._early: concurrent.futures.Future[tuple[Namespace, Any]] | None = None
+        self._on_sigterm: Callable[[int, Any], None] | None = None
 
     @property
     def ready(self) -> Ready | None:
@@ -104,11 +108,13 @@ class Engine:
         then does what it did before. Without this they outlive the worker:
         the runpod SDK's shutdown does not end the process by itself.
         Installed when the boot starts: on a GPU a boot takes minutes, and
-        RunPod may stop the worker during it."""
-        if self._on_sigterm or threading.current_thread() is not threading.main_thread():
+        RunPod may stop the worker during it. Installed again when the first
+        job takes over an early build, if the runpod SDK's loop has replaced
+        it since with its own handler (which this one then chains onto)."""
+        if threading.current_thread() is not threading.main_thread():
             return
         previous = signal.getsignal(signal.SIGTERM)
-        if not (callable(previous) or previous == signal.SIG_DFL):
+        if previous is self._on_sigterm or not (callable(previous) or previous == signal.SIG_DFL):
             return
 
         def on_sigterm(signum: int, frame: Any) -> None:
@@ -126,7 +132,7 @@ class Engine:
                 os.kill(os.getpid(), signum)
 
         signal.signal(signal.SIGTERM, on_sigterm)
-        self._on_sigterm = True
+        self._on_sigterm = on_sigterm
 
     def _stop_llm(self) -> None:
         """Stop vLLM's engine processes. They are not children that die with
@@ -137,7 +143,7 @@ class Engine:
             atexit.unregister(self._llm.shutdown)
             self._llm.shutdown()
             self._llm = None
-        elif self._boot is not None and not self._boot.done():
+        elif any(boot is not None and not boot.done() for boot in (self._boot, self._early)):
             stop_child_processes()
 
     def check_alive(self) -> None:
@@ -149,21 +155,61 @@ class Engine:
         if error is not None:
             raise JobError(self._fail(error), status=503, type="EngineError")
 
-    async def _start(self) -> Ready:
-        began = time.perf_counter()
+    def build_early(self) -> None:
+        """Start building the engine now, in a thread, before any event loop
+        runs: the production entrypoint calls this before it imports the
+        runpod SDK, whose job loop starts only after its own set-up; the
+        first job's boot then takes over the build instead of starting it."""
+        if self._early is not None or self._boot is not None:
+            return
         self._stop_on_sigterm()
+        # The SDK replaces the SIGTERM handler when its loop starts; should it
+        # stop the worker before a job arrives, its exit still stops the build.
+        atexit.register(self._stop_llm)
+        early: concurrent.futures.Future[tuple[Namespace, Any]] = concurrent.futures.Future()
+        self._early = early
+
+        def build() -> None:
+            try:
+                early.set_result(self._build())
+            except BaseException as error:  # noqa: BLE001 - the first job reports it
+                logger.error("the engine build failed: %s: %s", type(error).__name__, error)
+                early.set_exception(error)
+
+        threading.Thread(target=build, name="engine-build", daemon=True).start()
+
+    def _build(self) -> tuple[Namespace, Any]:
+        """The part of the boot that needs no event loop (run in a thread):
+        the configuration, the model's files and the engine build, with vLLM's
+        OpenAI app imported beside the build."""
         config = self.config or engine_config(self.settings, self.environ)
         args = config.args
         logger.info(config.describe())
         if uses_embedded_model(args, self.settings):
-            await asyncio.to_thread(embedded_model.prepare, self.settings.embedded_model_dir)
+            embedded_model.prepare(self.settings.embedded_model_dir)
         elif not os.path.isdir(args.model):
-            await asyncio.to_thread(check_parallelism, args)
+            check_parallelism(args)
+        vi.import_parser_plugins(args)
+        built = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
+            loading = pool.submit(load_app_beside, built)
+            try:
+                llm = self._llm = vi.build_async_llm(args)
+            finally:
+                built.set()
+            atexit.register(llm.shutdown)
+            loading.result()
+        return args, llm
+
+    async def _start(self) -> Ready:
+        began = time.perf_counter()
+        self._stop_on_sigterm()
         # Building the engine blocks for the whole model load; a thread keeps
         # the event loop (job polling, the local endpoint) responsive meanwhile.
-        vi.import_parser_plugins(args)
-        llm = self._llm = await asyncio.to_thread(vi.build_async_llm, args)
-        atexit.register(llm.shutdown)
+        if self._early is not None:
+            args, llm = await asyncio.wrap_future(self._early)
+        else:
+            args, llm = await asyncio.to_thread(self._build)
         if self._failure is not None:  # SIGTERM arrived while it was being built
             self._stop_llm()
             raise JobError(self._failure, status=503, type="EngineError")
@@ -207,6 +253,22 @@ class Engine:
             self._lifespan = None
         self._stop_llm()
         self._ready = None
+
+
+def load_app_beside(built: threading.Event) -> None:
+    """Import vLLM's OpenAI app (``vi.load_app``) while the engine builds,
+    once the build has spawned its EngineCore process (or ended).
+
+    From the spawn on, the build thread mostly waits for EngineCore to load
+    the model, so the app's imports cost the boot nothing. Before it, the two
+    threads would contend for the interpreter on the boot's critical path,
+    and import vLLM's modules at the same time."""
+    import psutil
+
+    me = psutil.Process()
+    while not built.wait(0.02) and not me.children():
+        pass
+    vi.load_app()
 
 
 def stop_child_processes() -> None:

@@ -5,12 +5,14 @@ the names and small helpers here. An upgrade is therefore a change to this
 module (and its contract test, ``tests/test_vllm_contract.py``), and
 docs/UPGRADING.md says how to make one.
 
-Every name is looked up when this module is imported, with the module paths of
-neighbouring vLLM releases as fallbacks (vLLM moves its entrypoint modules: the
-serve argument parser moved in 0.29 and again in 0.33). Every attribute, method,
-field and parameter the helpers rely on is checked then too. Whatever is
-missing is collected, and the import fails once with an ``ImportError`` that
-lists all of it, instead of a watchdog that goes quiet or a field read as None.
+Every name is looked up when this module is imported, with the module paths
+of neighbouring vLLM releases as fallbacks (vLLM moves its entrypoint modules:
+the serve argument parser moved in 0.29 and again in 0.33). Every attribute,
+method, field and parameter the helpers rely on is checked then too. Whatever
+is missing is collected, and the import fails once with an ``ImportError``
+that lists all of it, instead of a watchdog that goes quiet or a field read as
+None. vLLM's OpenAI app is the exception: ``load_app`` imports and checks it
+the same way, and the engine boot runs it beside the engine build.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import dataclasses
 import importlib
 import inspect
 import os
+import threading
 from argparse import Namespace
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
@@ -282,28 +285,59 @@ _ENTRY = (
     "vllm.entrypoints.launchers.api_server.entry",
     "vllm.entrypoints.openai.api_server",
 )
-build_app = _first("build_app", *_APP)
-init_app_state = _first("init_app_state", *_APP_STATE)
-terminate_if_errored = _first("terminate_if_errored", *_LAUNCHER)
-_engine_error_handler = _first(
-    "engine_error_handler",
-    "vllm.entrypoints.serve.exception_handling.handlers.vllm_error",
-    "vllm.entrypoints.openai.api_server",
+# The app's modules take a while to import and are not needed to build the
+# engine, so they are imported (and checked) by load_app, which the engine boot
+# runs in a thread beside the engine build; the first use of one of these
+# names also loads them.
+_APP_NAMES = frozenset(
+    {"build_app", "init_app_state", "terminate_if_errored", "_engine_error_handler", "SERVER_FUNCTIONS"}
 )
-# vLLM's own server functions that build_async_llm and the engine copy; the
-# contract test reads their source.
-SERVER_FUNCTIONS = {
-    name: _first(name, *_ENTRY)
-    for name in (
-        "build_async_engine_client",
-        "build_async_engine_client_from_engine_args",
-        "run_server_worker",
-        "build_and_serve",
-    )
-}
-# vLLM answers an engine error by setting app.state.server.should_exit.
-_assigns(terminate_if_errored, "should_exit", "errored", "is_running")
-_assigns(_engine_error_handler, "terminate_if_errored", "server")
+_app_lock = threading.Lock()
+_app_loaded = False
+
+
+def load_app() -> None:
+    """Import vLLM's OpenAI app and check what the worker uses of it; raises
+    one ``ImportError`` listing all that is missing, as the import does."""
+    global _app_loaded
+    with _app_lock:
+        if _app_loaded:
+            return
+        start = len(_missing)
+        names: dict[str, Any] = {
+            "build_app": _first("build_app", *_APP),
+            "init_app_state": _first("init_app_state", *_APP_STATE),
+            "terminate_if_errored": _first("terminate_if_errored", *_LAUNCHER),
+            "_engine_error_handler": _first(
+                "engine_error_handler",
+                "vllm.entrypoints.serve.exception_handling.handlers.vllm_error",
+                "vllm.entrypoints.openai.api_server",
+            ),
+            # vLLM's own server functions that build_async_llm and the engine
+            # copy; the contract test reads their source.
+            "SERVER_FUNCTIONS": {
+                name: _first(name, *_ENTRY)
+                for name in (
+                    "build_async_engine_client",
+                    "build_async_engine_client_from_engine_args",
+                    "run_server_worker",
+                    "build_and_serve",
+                )
+            },
+        }
+        # vLLM answers an engine error by setting app.state.server.should_exit.
+        _assigns(names["terminate_if_errored"], "should_exit", "errored", "is_running")
+        _assigns(names["_engine_error_handler"], "terminate_if_errored", "server")
+        globals().update(names)
+        _check(_missing[start:])
+        _app_loaded = True
+
+
+def __getattr__(name: str) -> Any:
+    if name in _APP_NAMES:
+        load_app()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _ServerShim:

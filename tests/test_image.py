@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 from conftest import CAPITAL, GREEDY, native_text, serving
 from docker_cli import Builder, engine_or_reason, find_builder
-from test_runpod_worker import MODEL, FakeRunPod
+from fake_runpod import FakeRunPod
+from test_runpod_worker import MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_TAG = "local/python3:bookworm"

@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 from conftest import CAPITAL, GREEDY, job_error, native_text, run_job, serving
+from fake_runpod import FakeRunPod, worker_env
 
 from handler import jobs, native
 from handler.endpoint import LocalEndpoint
@@ -369,19 +370,52 @@ def _marked(marker: str) -> list[psutil.Process]:
     return found
 
 
-async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path):
+@asynccontextmanager
+async def booting(command: str, tmp_path: Path, env: dict[str, str]):
+    """``python -m handler run`` with a job (the engine boots for it), or the
+    production entrypoint under the runpod SDK with an empty queue (the engine
+    builds at start, before any job)."""
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"input": {"messages": CAPITAL, "sampling_params": GREEDY}}))
-    marker = str(uuid.uuid4())
     log = tmp_path / "worker.log"
-    with log.open("w") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "handler", "run", "--input", str(job)],
-            cwd=ROOT,
-            env={**os.environ, "RELIABILITY_TEST_MARKER": marker},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    if command == "run":
+        with log.open("w") as out:
+            yield (
+                subprocess.Popen(
+                    [sys.executable, "-m", "handler", "run", "--input", str(job)],
+                    cwd=ROOT,
+                    env={**os.environ, **env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        return
+    async with serving(FakeRunPod().app()) as url:
+        with log.open("w") as out:
+            yield (
+                subprocess.Popen(
+                    [sys.executable, "-m", "handler"],
+                    cwd=tmp_path,
+                    env={**os.environ, "PYTHONPATH": str(ROOT), **worker_env(url), **env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+
+
+@pytest.mark.parametrize("command", ["run", "production"])
+async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path, command):
+    marker = str(uuid.uuid4())
+    async with booting(command, tmp_path, {"RELIABILITY_TEST_MARKER": marker}) as (worker, log):
+        code = await _sigterm_mid_boot(worker, log, marker)
+    # `run` fails its job; the queue worker, stopped before any job, ends its
+    # SDK loop as asked
+    assert code != 0 if command == "run" else code == 0, code
+
+
+async def _sigterm_mid_boot(worker: subprocess.Popen, log: Path, marker: str) -> int:
     try:
         # wait until vLLM has spawned its engine process, and is loading
         deadline = time.monotonic() + 240
@@ -397,7 +431,6 @@ async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path):
             worker.kill()
     output = log.read_text(errors="replace")
     assert "engine ready" not in output and "[output]" not in output, "the signal came mid-boot"
-    assert code != 0
     deadline = time.monotonic() + 10
     while (left := _marked(marker)) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
@@ -405,3 +438,4 @@ async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path):
         process.kill()
     assert not left, f"vLLM processes outlived the worker: {left}"
     assert "stopping" in output and "engine process" in output
+    return code

@@ -16,62 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import CAPITAL, GREEDY, native_text, serving
+from fake_runpod import FakeRunPod, worker_env
 from runpod.serverless.modules.worker_state import Job
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-class FakeRunPod:
-    """RunPod's worker-facing API as runpod 1.10 calls it: job-take, job-stop,
-    job-stream and job-done."""
-
-    def __init__(self) -> None:
-        self.queue: list[dict] = []
-        self.stop: list[str] = []
-        self.streamed: dict[str, list] = {}
-        self.done: dict[str, dict] = {}
-
-    async def take(self, request: Request) -> Response:
-        """job-take (one job) and job-take-batch (up to batch_size, as a list)."""
-        if not self.queue:
-            await asyncio.sleep(0.05)
-            return Response(status_code=204)
-        if "batch_size" not in request.query_params:
-            return JSONResponse(self.queue.pop(0))
-        count = int(request.query_params["batch_size"])
-        jobs, self.queue = self.queue[:count], self.queue[count:]
-        return JSONResponse(jobs)
-
-    async def stop_poll(self, request: Request) -> Response:
-        await asyncio.sleep(0.1)
-        if not self.stop:
-            return Response(status_code=204)
-        ids, self.stop = self.stop, []
-        return JSONResponse({"jobsToStop": ids})
-
-    async def stream(self, request: Request) -> Response:
-        self.streamed.setdefault(request.path_params["job_id"], []).append(json.loads(await request.body()))
-        return JSONResponse({})
-
-    async def finish(self, request: Request) -> Response:
-        self.done[request.path_params["job_id"]] = json.loads(await request.body())
-        return JSONResponse({})
-
-    def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v2/job-take/{worker}", self.take),
-                Route("/v2/job-take-batch/{worker}", self.take),
-                Route("/v2/job-stop/{worker}", self.stop_poll),
-                Route("/v2/job-stream/{worker}/{job_id}", self.stream, methods=["POST"]),
-                Route("/v2/job-done/{worker}/{job_id}", self.finish, methods=["POST"]),
-            ]
-        )
 
 
 async def wait_for(predicate, timeout: float, log: Path) -> None:
@@ -100,11 +49,7 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
-            "RUNPOD_POD_ID": "worker-1",
-            "RUNPOD_AI_API_KEY": "test",
-            "RUNPOD_WEBHOOK_GET_JOB": f"{url}/v2/job-take/$ID?gpu=test",
-            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{url}/v2/job-done/$RUNPOD_POD_ID/$ID?gpu=test",
-            "RUNPOD_WEBHOOK_POST_STREAM": f"{url}/v2/job-stream/$RUNPOD_POD_ID/$ID?gpu=test",
+            **worker_env(url),
             "MAX_CONCURRENCY": "4",
             "STREAM_BATCH_MAX_EVENTS": "4",
         }

@@ -34,6 +34,8 @@ from typing import Any
 import psutil
 import pytest
 
+from handler.config import CPU_DEFAULTS
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*ROOT.glob("handler/*.py"), *ROOT.glob("bench/*.py")])
 INTERNALS = ROOT / "handler" / "vllm_internals.py"
@@ -46,10 +48,17 @@ def internals() -> ModuleType:
     here (None where missing), so each USES check below can name its line."""
     spec = importlib.util.spec_from_file_location("vllm_internals_under_test", INTERNALS)
     module = importlib.util.module_from_spec(spec)
+    errors = []
     try:
         spec.loader.exec_module(module)
     except ImportError as error:
-        module.import_error = error
+        errors.append(str(error))
+    try:
+        module.load_app()  # the app group, which the import leaves to the engine boot
+    except ImportError as error:
+        errors.append(str(error))
+    if errors:
+        module.import_error = ImportError("\n".join(errors))
     return module
 
 
@@ -178,7 +187,7 @@ USES = [
     ),
     Use(
         "handler/engine.py",
-        "asyncio.to_thread(vi.build_async_llm, args)",
+        "llm = self._llm = vi.build_async_llm(args)",
         both(
             has(
                 "AsyncEngineArgs.from_cli_args",
@@ -197,6 +206,11 @@ USES = [
                 "disable_log_stats",
             ),
         ),
+    ),
+    Use(
+        "handler/engine.py",
+        "    vi.load_app()",
+        has("build_app", "init_app_state", "terminate_if_errored", "_engine_error_handler", "SERVER_FUNCTIONS"),
     ),
     Use("handler/engine.py", "atexit.register(llm.shutdown)", has("AsyncLLM.shutdown")),
     Use(
@@ -336,7 +350,7 @@ USES = [
         "llm = AsyncLLM.from_engine_args(engine_args)",
         both(
             has("AsyncLLM.from_engine_args"),
-            takes("AsyncEngineArgs", "model", "enforce_eager", "gpu_memory_utilization", "served_model_name"),
+            takes("AsyncEngineArgs", "model", "served_model_name", *CPU_DEFAULTS),
         ),
     ),
     Use(
@@ -344,7 +358,7 @@ USES = [
         "llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)",
         both(
             has("AsyncLLM.from_engine_args", "RequestOutputKind.DELTA"),
-            takes("AsyncEngineArgs", "model", "enforce_eager", "gpu_memory_utilization", "served_model_name"),
+            takes("AsyncEngineArgs", "model", "served_model_name", *CPU_DEFAULTS),
         ),
     ),
 ]
@@ -493,8 +507,8 @@ def test_every_args_dest_read_is_a_serve_dest():
 
 # Every call in vLLM's server functions that build the engine and the app, and
 # what the worker does about it: "copied" (its last name is called by the
-# worker's copy: vi.build_async_llm, vi.start_async_llm, vi.import_parser_plugins
-# or Engine._start), or why it is not needed.
+# worker's copy: vi.build_async_llm, vi.start_async_llm, vi.import_parser_plugins,
+# Engine._build or Engine._start), or why it is not needed.
 SERVER_STEPS: dict[str, dict[str, str]] = {
     "build_async_engine_client": {
         "os.getenv": "copied",
@@ -556,7 +570,7 @@ def calls(function: Any) -> dict[str, ast.Call]:
 # would stop at vllm_internals' ImportError when vLLM lacks something).
 WORKER_COPY = {
     "handler/vllm_internals.py": ("build_async_llm", "start_async_llm", "import_parser_plugins"),
-    "handler/engine.py": ("_start",),
+    "handler/engine.py": ("_build", "_start"),
 }
 
 
@@ -604,6 +618,39 @@ def test_the_copy_passes_what_vllm_passes_to_from_vllm_config():
 
 
 # --- behaviour ---------------------------------------------------------------
+
+# The app group: what `import handler.vllm_internals` leaves to vi.load_app.
+APP_PROBE = """
+import sys
+import handler.vllm_internals as vi
+print("imported:", sorted(m for m in sys.modules if m.startswith("vllm.entrypoints.launchers.")))
+import vllm.entrypoints.launchers.app as app_module, vllm.entrypoints.launchers.launcher as launcher
+del app_module.build_app
+launcher.terminate_if_errored = lambda *args: None
+try:
+    vi.load_app()
+except ImportError as error:
+    print("error:", error)
+"""
+
+
+@pytest.mark.vllm
+def test_the_app_is_imported_by_load_app_and_checked_like_the_rest():
+    """Importing vllm_internals leaves vLLM's OpenAI app to vi.load_app (the
+    engine boot runs it beside the engine build); load_app checks the app's
+    names as the import checks the rest: one ImportError listing each."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", APP_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = next(line for line in result.stdout.splitlines() if line.startswith("imported:"))
+    assert "launchers.app'" not in imported and "launchers.launcher'" not in imported, imported
+    error = result.stdout.split("error:", 1)[1]
+    assert "lacks" in error, error
+    assert "build_app (looked in" in error and "uses .should_exit" in error, error
 
 
 @pytest.mark.vllm

@@ -1,0 +1,72 @@
+"""A stand-in for RunPod's worker-facing job API on loopback, as runpod 1.10
+calls it: job-take, job-stop, job-stream and job-done. The production
+entrypoint's tests and bench/cold_start.py point the runpod SDK at it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+def worker_env(url: str, pod_id: str = "worker-1") -> dict[str, str]:
+    """The environment that points the runpod SDK at the stand-in at ``url``."""
+    return {
+        "RUNPOD_POD_ID": pod_id,
+        "RUNPOD_AI_API_KEY": "test",
+        "RUNPOD_WEBHOOK_GET_JOB": f"{url}/v2/job-take/$ID?gpu=test",
+        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{url}/v2/job-done/$RUNPOD_POD_ID/$ID?gpu=test",
+        "RUNPOD_WEBHOOK_POST_STREAM": f"{url}/v2/job-stream/$RUNPOD_POD_ID/$ID?gpu=test",
+    }
+
+
+class FakeRunPod:
+    """RunPod's worker-facing API as runpod 1.10 calls it: job-take, job-stop,
+    job-stream and job-done."""
+
+    def __init__(self) -> None:
+        self.queue: list[dict] = []
+        self.stop: list[str] = []
+        self.streamed: dict[str, list] = {}
+        self.done: dict[str, dict] = {}
+
+    async def take(self, request: Request) -> Response:
+        """job-take (one job) and job-take-batch (up to batch_size, as a list)."""
+        if not self.queue:
+            await asyncio.sleep(0.05)
+            return Response(status_code=204)
+        if "batch_size" not in request.query_params:
+            return JSONResponse(self.queue.pop(0))
+        count = int(request.query_params["batch_size"])
+        jobs, self.queue = self.queue[:count], self.queue[count:]
+        return JSONResponse(jobs)
+
+    async def stop_poll(self, request: Request) -> Response:
+        await asyncio.sleep(0.1)
+        if not self.stop:
+            return Response(status_code=204)
+        ids, self.stop = self.stop, []
+        return JSONResponse({"jobsToStop": ids})
+
+    async def stream(self, request: Request) -> Response:
+        self.streamed.setdefault(request.path_params["job_id"], []).append(json.loads(await request.body()))
+        return JSONResponse({})
+
+    async def finish(self, request: Request) -> Response:
+        self.done[request.path_params["job_id"]] = json.loads(await request.body())
+        return JSONResponse({})
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v2/job-take/{worker}", self.take),
+                Route("/v2/job-take-batch/{worker}", self.take),
+                Route("/v2/job-stop/{worker}", self.stop_poll),
+                Route("/v2/job-stream/{worker}/{job_id}", self.stream, methods=["POST"]),
+                Route("/v2/job-done/{worker}/{job_id}", self.finish, methods=["POST"]),
+            ]
+        )
