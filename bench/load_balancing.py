@@ -33,8 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -43,14 +41,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-CONCURRENCY = 16
-TOKENS = 128
-PROMPT = "Write a long story about a lighthouse keeper who"
-MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+import common  # noqa: E402 - after the path
+from common import CONCURRENCY, PROMPT, TOKENS, Measure, direct, round_of  # noqa: E402
+
+from handler.config import EMBEDDED_SERVED_NAME as MODEL  # noqa: E402
+
 POLL_S = 0.02
 READY_LINE = re.compile(r"^(\S+ \S+) INFO handler\.engine: engine ready in")
-
-Measure = Callable[[], Awaitable[tuple[float, int]]]
 
 
 def free_port() -> int:
@@ -123,23 +120,6 @@ async def wait_ready(http, server: Server, path: str) -> dict[str, float]:
         await asyncio.sleep(POLL_S)
 
 
-async def direct(llm) -> tuple[float, int]:
-    from handler import vllm_internals as vi
-
-    params = vi.SamplingParams(
-        max_tokens=TOKENS, ignore_eos=True, temperature=0, output_kind=vi.RequestOutputKind.DELTA
-    )
-    start = time.perf_counter()
-    first = None
-    count = 0
-    async for out in llm.generate(PROMPT, params, uuid.uuid4().hex):
-        if first is None and out.outputs[0].token_ids:
-            first = time.perf_counter() - start
-        count += len(out.outputs[0].token_ids)
-    assert first is not None, "no token came back"
-    return first, count
-
-
 async def over_http(http, url: str) -> tuple[float, int]:
     """One streamed /v1/completions: time to the first text, tokens generated."""
     body = {
@@ -167,16 +147,6 @@ async def over_http(http, url: str) -> tuple[float, int]:
                 count = event["usage"]["completion_tokens"]
     assert first is not None, "no token came back"
     return first, count
-
-
-async def round_of(measure: Measure) -> tuple[float, list[float]]:
-    start = time.perf_counter()
-    results = await asyncio.gather(*(measure() for _ in range(CONCURRENCY)))
-    elapsed = time.perf_counter() - start
-    tokens = sum(count for _, count in results)
-    if tokens != CONCURRENCY * TOKENS:
-        raise RuntimeError(f"expected {CONCURRENCY * TOKENS} tokens, got {tokens}")
-    return tokens / elapsed, [first for first, _ in results]
 
 
 async def measure(make: Measure, rounds: int) -> tuple[list[float], list[float]]:
@@ -321,7 +291,7 @@ if __name__ == "__main__":
     parser.add_argument("--cold-runs", type=int, default=3, help="cold starts per process (0: skip)")
     parser.add_argument("--bare-boot", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
-    TOKENS = options.tokens
+    TOKENS = common.TOKENS = options.tokens  # direct() and round_of() read common's
     if options.bare_boot:
         bare_boot()
     else:

@@ -30,26 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-CONCURRENCY = 16
-TOKENS = 128
-PROMPT = "Write a long story about a lighthouse keeper who"
-
-
-async def direct(engine) -> tuple[float, int]:
-    from handler import vllm_internals as vi
-
-    params = vi.SamplingParams(
-        max_tokens=TOKENS, ignore_eos=True, temperature=0, output_kind=vi.RequestOutputKind.DELTA
-    )
-    start = time.perf_counter()
-    first = None
-    count = 0
-    async for out in engine.ready.llm.generate(PROMPT, params, uuid.uuid4().hex):
-        if first is None and out.outputs[0].token_ids:
-            first = time.perf_counter() - start
-        count += len(out.outputs[0].token_ids)
-    assert first is not None, "no token came back"
-    return first, count
+from common import CONCURRENCY, PROMPT, TOKENS, direct, round_of  # noqa: E402 - after the path
 
 
 async def through_handler(worker, job_input) -> tuple[float, int]:
@@ -79,7 +60,7 @@ def scenarios(engine, worker, model: str):
     openai = {"model": model, "prompt": PROMPT, **sampling}
     stream_usage = {"stream": True, "stream_options": {"include_usage": True}}
     return {
-        "(a) AsyncLLM.generate": lambda: direct(engine),
+        "(a) AsyncLLM.generate": lambda: direct(engine.ready.llm),
         "(b) native job, streamed": lambda: through_handler(
             worker, {"prompt": PROMPT, "sampling_params": sampling, "stream": True}
         ),
@@ -88,16 +69,6 @@ def scenarios(engine, worker, model: str):
             worker, {"openai_route": "/v1/completions", "openai_input": {**openai, **stream_usage}}
         ),
     }
-
-
-async def round_of(make) -> tuple[float, list[float]]:
-    start = time.perf_counter()
-    results = await asyncio.gather(*(make() for _ in range(CONCURRENCY)))
-    elapsed = time.perf_counter() - start
-    tokens = sum(count for _, count in results)
-    if tokens != CONCURRENCY * TOKENS:
-        raise RuntimeError(f"expected {CONCURRENCY * TOKENS} tokens, got {tokens}")
-    return tokens / elapsed, [first for first, _ in results]
 
 
 async def main(rounds: int) -> None:

@@ -326,22 +326,12 @@ USES = [
     Use("handler/load_balancing.py", "args.disable_uvicorn_access_log", dests("disable_uvicorn_access_log")),
     # bench: generation straight on AsyncLLM
     Use(
-        "bench/overhead.py",
+        "bench/common.py",
         "params = vi.SamplingParams(",
         fields("SamplingParams", "max_tokens", "ignore_eos", "temperature", "output_kind"),
     ),
     Use(
-        "bench/overhead.py",
-        "output_kind=vi.RequestOutputKind.DELTA",
-        has("RequestOutputKind.DELTA", "AsyncLLM.generate"),
-    ),
-    Use(
-        "bench/load_balancing.py",
-        "params = vi.SamplingParams(",
-        fields("SamplingParams", "max_tokens", "ignore_eos", "temperature", "output_kind"),
-    ),
-    Use(
-        "bench/load_balancing.py",
+        "bench/common.py",
         "output_kind=vi.RequestOutputKind.DELTA",
         has("RequestOutputKind.DELTA", "AsyncLLM.generate"),
     ),
