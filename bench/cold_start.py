@@ -135,12 +135,16 @@ def measure_server(command: list[str], port: int) -> dict[str, float]:
                     return {"wall": time.time() - spawned, "health_ok": ready}
         raise RuntimeError("the server streamed no token")
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def server_command(port: int) -> list[str]:
@@ -206,12 +210,7 @@ def measure_runpod(job: dict) -> dict[str, float]:
                     time.sleep(0.01)
                 return {"wall": time.time() - spawned}
             finally:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop(process)
     finally:
         server.should_exit = True
         thread.join()

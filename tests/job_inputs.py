@@ -114,23 +114,23 @@ content_parts = st.lists(st.builds(lambda t: {"type": "text", "text": t}, text),
 user = st.builds(lambda c: {"role": "user", "content": c}, st.one_of(text, content_parts))
 system = st.builds(lambda c: {"role": "system", "content": c}, text)
 assistant = st.builds(lambda c: {"role": "assistant", "content": c}, text)
-tool_turn = st.just(
-    [
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
-    ]
-)
+# A question, the assistant's tool call and the tool's result (OpenAI's shape).
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+]
+tool_turn = st.just(TOOL_CONVERSATION)
 messages = st.one_of(
     st.builds(lambda s, u: [s, u], system, user),
     st.builds(lambda u: [u], user),

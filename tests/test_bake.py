@@ -62,29 +62,26 @@ def plain(names: list[str]) -> dict[str, str]:
     return {name: f"contents of {name}" for name in names}
 
 
+# The weights again, in other forms than the shards: none is baked.
+SECOND_COPIES = [
+    "model.safetensors",
+    "original/consolidated.00.pth",
+    "original/params.json",
+    "original/tokenizer.model",
+    "flax_model.msgpack",
+    "tf_model.h5",
+    "onnx/model.onnx",
+    "openvino/openvino_model.bin",
+]
+
+
 def both_formats(root: Path) -> Path:
     """A repo that ships its weights three times: safetensors shards, the same
     as .bin shards, an old single model.safetensors; plus original/ and exports."""
     return make_repo(
         root,
         {
-            **plain(
-                NON_WEIGHTS
-                + SHARDS
-                + BIN_SHARDS
-                + [
-                    "model.safetensors",
-                    "original/consolidated.00.pth",
-                    "original/params.json",
-                    "original/tokenizer.model",
-                    "flax_model.msgpack",
-                    "tf_model.h5",
-                    "onnx/model.onnx",
-                    "openvino/openvino_model.bin",
-                    ".gitattributes",
-                    "training_args.bin",
-                ]
-            ),
+            **plain(NON_WEIGHTS + SHARDS + BIN_SHARDS + SECOND_COPIES + [".gitattributes", "training_args.bin"]),
             "model.safetensors.index.json": index(*SHARDS),
             "pytorch_model.bin.index.json": index(*BIN_SHARDS),
         },
@@ -157,19 +154,7 @@ def test_both_formats_bake_only_the_indexed_safetensors_shards(tmp_path):
     assert record["commit"] is None and record["load_format"] == "auto"
     assert f"weights (safetensors): 2 file(s): {SHARDS[0]}, {SHARDS[1]}\n" in result.stdout
     assert record["left_out"] == sorted(
-        BIN_SHARDS
-        + [
-            "model.safetensors",
-            "original/consolidated.00.pth",
-            "original/params.json",
-            "original/tokenizer.model",
-            "flax_model.msgpack",
-            "tf_model.h5",
-            "onnx/model.onnx",
-            "openvino/openvino_model.bin",
-            "pytorch_model.bin.index.json",
-            "training_args.bin",
-        ]
+        BIN_SHARDS + SECOND_COPIES + ["pytorch_model.bin.index.json", "training_args.bin"]
     )
     assert_no_cache_left(tmp_path, baked)
 

@@ -12,6 +12,7 @@ import json
 
 import pytest
 from conftest import CAPITAL, TOOL_TEMPLATE, job_error, run_job
+from job_inputs import TOOL_CONVERSATION
 
 from handler import native
 from handler.settings import Settings
@@ -84,21 +85,8 @@ def test_without_tools_the_template_renders_what_the_models_own_does(tokenizer, 
 
 
 def test_the_template_renders_tools_calls_and_results_hermes_style(tokenizer):
-    messages = [
-        *WEATHER,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
-    ]
+    messages = TOOL_CONVERSATION
+    assert messages[0] == WEATHER[0]
     text = tokenizer.apply_chat_template(
         messages, tools=TOOLS, tokenize=False, add_generation_prompt=True, chat_template=TOOL_TEMPLATE.read_text()
     )
