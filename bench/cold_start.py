@@ -16,7 +16,7 @@ Four processes, each started fresh for every round, on the embedded model:
 
 `handler run` and the bare script print seconds since their own process start
 at: imports done, engine ready, first token. The parent times spawn -> first
-streamed token for all four. Each round runs the three in a rotated order so
+streamed token for all four. Each round runs the four in a rotated order so
 that machine noise hits each alike; the table shows medians.
 
     .venv/bin/python bench/cold_start.py --runs 3
@@ -234,7 +234,11 @@ def main(runs: int) -> None:
         order = names[round_number % len(names) :] + names[: round_number % len(names)]
         for name in order:
             results[name].append(commands[name]())
-            print(f"round {round_number + 1}: {name}: {results[name][-1]['wall']:.2f} s", flush=True)
+            marks = results[name][-1]
+            detail = ", ".join(f"{key} {value:.2f}" for key, value in marks.items() if key != "wall")
+            print(
+                f"round {round_number + 1}: {name}: {marks['wall']:.2f} s {f'({detail})' if detail else ''}", flush=True
+            )
     os.unlink(job_file.name)
 
     def median(name: str, key: str) -> float:

@@ -162,8 +162,9 @@ def build_worker(on_fatal: Callable[[str], None] | None = None) -> Worker:
 
 def serve_runpod() -> int:
     """The queue worker. A worker is mostly started cold for a job that waits
-    in the queue, so the engine starts building at once, and the runpod SDK is
-    imported and set up while it builds."""
+    in the queue, so on the CPU the engine starts building at once, and the
+    runpod SDK is imported and set up while it builds (see
+    ``Engine.build_early`` for why a GPU worker waits for the first job)."""
     worker = build_worker()
     worker.engine.build_early()
     from . import runpod_sdk

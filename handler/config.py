@@ -246,7 +246,6 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
     serving ``choose_model``'s choice, with eager mode (and a smaller memory
     share) on a machine without a GPU. Each default yields to its env var."""
     from . import flags
-    from . import vllm_internals as vi
 
     environ = os.environ if environ is None else environ
     choice = choose_model(settings, environ)
@@ -255,7 +254,7 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
         defaults["tokenizer"] = choice.tokenizer
     if choice.quantization:
         defaults["quantization"] = choice.quantization
-    if vi.current_platform.is_cpu():
+    if on_cpu():
         defaults.update(CPU_DEFAULTS)
     config = flags.parse(environ, defaults=defaults)
     args = config.args
@@ -288,6 +287,13 @@ def check_parallelism(args: Namespace) -> None:
         plan.check_tensor_parallel(model_config, args.tensor_parallel_size)
     except plan.PlanError as error:
         raise ConfigError(str(error)) from None
+
+
+def on_cpu() -> bool:
+    """vLLM runs on the CPU here (the CPU build, no GPU)."""
+    from . import vllm_internals as vi
+
+    return bool(vi.current_platform.is_cpu())
 
 
 def uses_embedded_model(args: Namespace, settings: Settings) -> bool:

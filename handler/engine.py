@@ -25,7 +25,7 @@ from typing import Any
 
 from . import asgi, embedded_model, flags
 from . import vllm_internals as vi
-from .config import check_parallelism, engine_config, uses_embedded_model
+from .config import check_parallelism, engine_config, on_cpu, uses_embedded_model
 from .errors import JobError
 from .settings import Settings
 
@@ -156,13 +156,20 @@ class Engine:
         if error is not None:
             raise JobError(self._fail(error), status=503, type="EngineError")
 
-    def build_early(self) -> None:
+    def build_early(self) -> bool:
         """Start building the engine now, in a thread, before any event loop
         runs: the production entrypoint calls this before it imports the
         runpod SDK, whose job loop starts only after its own set-up; the
-        first job's boot then takes over the build instead of starting it."""
-        if self._early is not None or self._boot is not None:
-            return
+        first job's boot then takes over the build instead of starting it.
+
+        On the CPU only. On a GPU, the runpod SDK's start-up fitness checks
+        initialise CUDA in this process, allocate GPU memory and run a
+        matmul; beside an engine build that could change how vLLM starts
+        EngineCore (fork or spawn) and upset its memory profiling, so a GPU
+        worker builds on the first job, after those checks. Returns whether
+        the build started."""
+        if self._early is not None or self._boot is not None or not on_cpu():
+            return False
         self._stop_on_sigterm()
         # The SDK replaces the SIGTERM handler when its loop starts; should it
         # stop the worker before a job arrives, its exit still stops the build.
@@ -179,6 +186,7 @@ class Engine:
                 early.set_exception(error)
 
         threading.Thread(target=build, name="engine-build", daemon=True).start()
+        return True
 
     def _build(self) -> tuple[Namespace, Any]:
         """The part of the boot that needs no event loop (run in a thread):
@@ -194,7 +202,7 @@ class Engine:
         vi.import_parser_plugins(args)
         built = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
-            loading = pool.submit(load_app_beside, built)
+            loading = pool.submit(load_app_beside, built, child_processes())
             try:
                 llm = self._llm = vi.build_async_llm(args)
             finally:
@@ -257,18 +265,23 @@ class Engine:
         self._ready = None
 
 
-def load_app_beside(built: threading.Event) -> None:
-    """Import vLLM's OpenAI app (``vi.load_app``) while the engine builds,
-    once the build has spawned its EngineCore process (or ended).
-
-    From the spawn on, the build thread mostly waits for EngineCore to load
-    the model, so the app's imports cost the boot nothing. Before it, the two
-    threads would contend for the interpreter on the boot's critical path,
-    and import vLLM's modules at the same time."""
+def child_processes() -> set[int]:
     import psutil
 
-    me = psutil.Process()
-    while not built.wait(0.02) and not me.children():
+    return {child.pid for child in psutil.Process().children()}
+
+
+def load_app_beside(built: threading.Event, before: set[int]) -> None:
+    """Import vLLM's OpenAI app (``vi.load_app``) while the engine builds,
+    once the build has started a process (EngineCore's, in practice: the
+    build starts no other unless VLLM_WORKER_MULTIPROC_METHOD=forkserver),
+    or has ended. ``before``: the children this process had already.
+
+    From the spawn on, the build thread mostly waits for EngineCore to load
+    the model, so the app's imports cost the boot little. Before it, the two
+    threads would contend for the interpreter on the boot's critical path,
+    and import vLLM's modules at the same time."""
+    while not built.wait(0.02) and not child_processes() - before:
         pass
     vi.load_app()
 

@@ -26,19 +26,27 @@ import os
 import threading
 from argparse import Namespace
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 _missing: list[str] = []
 
 
 def _first(attribute: str, *modules: str) -> Any:
     """``attribute`` from the first of ``modules`` that has it; recorded as
-    missing (and None) when none has it."""
+    missing (and None) when none has it. Only a module that does not exist
+    sends the search on; one that exists and fails to import is recorded with
+    its error, not passed over for an older release's path."""
     for name in modules:
         try:
             module = importlib.import_module(name)
-        except ImportError:
-            continue
+        except ModuleNotFoundError as error:
+            if error.name is not None and (name == error.name or name.startswith(error.name + ".")):
+                continue  # not in this release: look in the next place
+            _missing.append(f"{attribute}: importing {name} failed: {error}")
+            return None
+        except ImportError as error:  # the module exists and fails to import
+            _missing.append(f"{attribute}: importing {name} failed: {error}")
+            return None
         if hasattr(module, attribute):
             return getattr(module, attribute)
     _missing.append(f"{attribute} (looked in {', '.join(modules)})")
@@ -333,11 +341,19 @@ def load_app() -> None:
         _app_loaded = True
 
 
-def __getattr__(name: str) -> Any:
-    if name in _APP_NAMES:
-        load_app()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if TYPE_CHECKING:  # set by load_app
+    build_app: Any
+    init_app_state: Any
+    terminate_if_errored: Any
+    _engine_error_handler: Any
+    SERVER_FUNCTIONS: dict[str, Any]
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name in _APP_NAMES:
+            load_app()
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _ServerShim:

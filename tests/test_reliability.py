@@ -410,9 +410,10 @@ async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path, command)
     marker = str(uuid.uuid4())
     async with booting(command, tmp_path, {"RELIABILITY_TEST_MARKER": marker}) as (worker, log):
         code = await _sigterm_mid_boot(worker, log, marker)
-    # `run` fails its job; the queue worker, stopped before any job, ends its
-    # SDK loop as asked
-    assert code != 0 if command == "run" else code == 0, code
+    # `run` fails its job. The queue worker, stopped before any job, ends its
+    # SDK loop as asked (0) once the SDK has set its own SIGTERM handler, or
+    # dies of the signal (-15) when it came before that
+    assert code != 0 if command == "run" else code in (0, -signal.SIGTERM), code
 
 
 async def _sigterm_mid_boot(worker: subprocess.Popen, log: Path, marker: str) -> int:

@@ -109,3 +109,8 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
     assert native_text(platform.done["after"]["output"]).startswith(" 4, 5")
     assert "Traceback" not in output
     assert "forgetting 1 job(s) left in progress by an earlier worker process: lost-in-a-crash" in output
+    # on the CPU the engine build started before the runpod SDK was set up
+    # (its clean-up of old jobs is logged then), and the first job took that
+    # build over: one build, one configuration line
+    assert output.count("engine configuration (vLLM") == 1, output.count("engine configuration (vLLM")
+    assert output.index("engine configuration (vLLM") < output.index("forgetting 1 job(s)")

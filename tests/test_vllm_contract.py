@@ -640,7 +640,7 @@ def test_the_app_is_imported_by_load_app_and_checked_like_the_rest():
     assert "launchers.app'" not in imported and "launchers.launcher'" not in imported, imported
     error = result.stdout.split("error:", 1)[1]
     assert "lacks" in error, error
-    assert "build_app (looked in" in error and "uses .should_exit" in error, error
+    assert "\n  - build_app" in error and "uses .should_exit" in error, error
 
 
 @pytest.mark.vllm
