@@ -141,7 +141,6 @@ class Engine:
         While the ``AsyncLLM`` that owns them is still being built (in a
         thread), they are stopped as this process's children."""
         if self._llm is not None:
-            atexit.unregister(self._llm.shutdown)
             self._llm.shutdown()
             self._llm = None
         elif any(boot is not None and not boot.done() for boot in (self._boot, self._early)):
@@ -171,9 +170,6 @@ class Engine:
         if self._early is not None or self._boot is not None or not on_cpu():
             return False
         self._stop_on_sigterm()
-        # The SDK replaces the SIGTERM handler when its loop starts; should it
-        # stop the worker before a job arrives, its exit still stops the build.
-        atexit.register(self._stop_llm)
         early: concurrent.futures.Future[tuple[Namespace, Any]] = concurrent.futures.Future()
         self._early = early
         self._build_began = time.perf_counter()  # the boot's time counts from here
@@ -200,6 +196,10 @@ class Engine:
         elif not os.path.isdir(args.model):
             check_parallelism(args)
         vi.import_parser_plugins(args)
+        # Any exit stops vLLM's processes, built or still building: a SIGTERM
+        # that ends the runpod SDK's loop during an early build (the SDK has
+        # replaced this engine's handler by then) included.
+        atexit.register(self._stop_llm)
         built = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
             loading = pool.submit(load_app_beside, built, child_processes())
@@ -207,7 +207,6 @@ class Engine:
                 llm = self._llm = vi.build_async_llm(args)
             finally:
                 built.set()
-            atexit.register(llm.shutdown)
             loading.result()
         return args, llm
 

@@ -39,13 +39,11 @@ def _first(attribute: str, *modules: str) -> Any:
     for name in modules:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name is not None and (name == error.name or name.startswith(error.name + ".")):
+        except ImportError as error:
+            absent = isinstance(error, ModuleNotFoundError) and error.name is not None
+            if absent and (name == error.name or name.startswith(f"{error.name}.")):
                 continue  # not in this release: look in the next place
-            _missing.append(f"{attribute}: importing {name} failed: {error}")
-            return None
-        except ImportError as error:  # the module exists and fails to import
-            _missing.append(f"{attribute}: importing {name} failed: {error}")
+            _missing.append(f"{attribute}: importing {name} failed: {error}")  # it exists and fails
             return None
         if hasattr(module, attribute):
             return getattr(module, attribute)

@@ -212,7 +212,7 @@ USES = [
         "    vi.load_app()",
         has("build_app", "init_app_state", "terminate_if_errored", "_engine_error_handler", "SERVER_FUNCTIONS"),
     ),
-    Use("handler/engine.py", "atexit.register(llm.shutdown)", has("AsyncLLM.shutdown")),
+    Use("handler/engine.py", "self._llm.shutdown()", has("AsyncLLM.shutdown")),
     Use(
         "handler/engine.py",
         "await vi.start_async_llm(llm)",
