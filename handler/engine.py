@@ -43,6 +43,16 @@ class Ready:
     args: Namespace
     served_model: str
     boot_seconds: float
+    drafted: bool  # the app is the one built beside the engine build (draft_beside)
+
+
+@dataclass
+class Draft:
+    """vLLM's OpenAI app, built beside the engine build for the tasks the
+    engine will most likely report; used once the engine reports the same."""
+
+    app: Any = None
+    tasks: tuple[str, ...] | None = None
 
 
 def exit_process(reason: str) -> None:
@@ -68,7 +78,7 @@ class Engine:
         self._lifespan: Any = None
         self._watchdog: asyncio.Task | None = None
         self._llm: Any = None
-        self._early: concurrent.futures.Future[tuple[Namespace, Any]] | None = None
+        self._early: concurrent.futures.Future[tuple[Namespace, Any, Draft]] | None = None
         self._build_began: float | None = None
         self._on_sigterm: Callable[[int, Any], None] | None = None
 
@@ -170,7 +180,7 @@ class Engine:
         if self._early is not None or self._boot is not None or not on_cpu():
             return False
         self._stop_on_sigterm()
-        early: concurrent.futures.Future[tuple[Namespace, Any]] = concurrent.futures.Future()
+        early: concurrent.futures.Future[tuple[Namespace, Any, Draft]] = concurrent.futures.Future()
         self._early = early
         self._build_began = time.perf_counter()  # the boot's time counts from here
 
@@ -184,10 +194,10 @@ class Engine:
         threading.Thread(target=build, name="engine-build", daemon=True).start()
         return True
 
-    def _build(self) -> tuple[Namespace, Any]:
+    def _build(self) -> tuple[Namespace, Any, Draft]:
         """The part of the boot that needs no event loop (run in a thread):
-        the configuration, the model's files and the engine build, with vLLM's
-        OpenAI app imported beside the build."""
+        the configuration, the model's files and the engine build, with the
+        app's work that needs no engine done beside it (``draft_beside``)."""
         config = self.config or engine_config(self.settings, self.environ)
         args = config.args
         logger.info(config.describe())
@@ -201,14 +211,17 @@ class Engine:
         # replaced this engine's handler by then) included.
         atexit.register(self._stop_llm)
         built = threading.Event()
+        configured: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
-            loading = pool.submit(load_app_beside, built, child_processes())
+            drafting = pool.submit(draft_beside, args, built, child_processes(), configured)
             try:
-                llm = self._llm = vi.build_async_llm(args)
+                llm = self._llm = vi.build_async_llm(args, on_config=configured.set_result)
             finally:
                 built.set()
-            loading.result()
-        return args, llm
+                if not configured.done():  # the build failed before its configuration
+                    configured.set_result(None)
+            draft = drafting.result()
+        return args, llm, draft
 
     async def _start(self) -> Ready:
         began = self._build_began or time.perf_counter()
@@ -216,21 +229,23 @@ class Engine:
         # Building the engine blocks for the whole model load; a thread keeps
         # the event loop (job polling, the local endpoint) responsive meanwhile.
         if self._early is not None:
-            args, llm = await asyncio.wrap_future(self._early)
+            args, llm, draft = await asyncio.wrap_future(self._early)
         else:
-            args, llm = await asyncio.to_thread(self._build)
+            args, llm, draft = await asyncio.to_thread(self._build)
         if self._failure is not None:  # SIGTERM arrived while it was being built
             self._stop_llm()
             raise JobError(self._failure, status=503, type="EngineError")
         await vi.start_async_llm(llm)
         supported_tasks = await llm.get_supported_tasks()
-        app = vi.build_app(args, supported_tasks, llm.model_config)
+        # the engine's answer crosses a process boundary: a list, not a tuple
+        drafted = draft.tasks is not None and tuple(draft.tasks) == tuple(supported_tasks)
+        app = draft.app if drafted else vi.build_app(args, supported_tasks, llm.model_config)
         await vi.init_app_state(llm, app.state, args, supported_tasks)
         vi.on_engine_death(app, lambda: self._fail("vLLM reported the engine dead"))
         self._lifespan = app.router.lifespan_context(app)
         await self._lifespan.__aenter__()
         served = (args.served_model_name or [args.model])[0]
-        self._ready = Ready(llm, app, args, served, time.perf_counter() - began)
+        self._ready = Ready(llm, app, args, served, time.perf_counter() - began, drafted)
         self._watchdog = asyncio.create_task(self._watch())
         logger.info("engine ready in %.1f s, serving %s", self._ready.boot_seconds, served)
         return self._ready
@@ -270,19 +285,48 @@ def child_processes() -> set[int]:
     return {child.pid for child in psutil.Process().children()}
 
 
-def load_app_beside(built: threading.Event, before: set[int]) -> None:
-    """Import vLLM's OpenAI app (``vi.load_app``) while the engine builds,
-    once the build has started a process (EngineCore's, in practice: the
-    build starts no other unless VLLM_WORKER_MULTIPROC_METHOD=forkserver),
-    or has ended. ``before``: the children this process had already.
+def draft_beside(
+    args: Namespace, built: threading.Event, before: set[int], configured: concurrent.futures.Future[Any]
+) -> Draft:
+    """The app's start-up work that needs no engine, done while the engine
+    builds (in a thread), once the build has started a process (EngineCore's,
+    in practice: the build starts no other unless
+    VLLM_WORKER_MULTIPROC_METHOD=forkserver) or has ended:
 
-    From the spawn on, the build thread mostly waits for EngineCore to load
-    the model, so the app's imports cost the boot little. Before it, the two
-    threads would contend for the interpreter on the boot's critical path,
-    and import vLLM's modules at the same time."""
+    - import vLLM's OpenAI app (``vi.load_app``);
+    - fill vLLM's chat-template caches that the app's renderer warm-up reads
+      (``vi.warm_chat_template``);
+    - build the app for the tasks the engine will most likely report;
+    - freeze the heap as the app's lifespan does at start-up
+      (``vi.freeze_gc_heap``), so that the lifespan's own collection then
+      traverses only what is new. Cyclic garbage alive at this point and
+      dropped later is not collected: the build's few objects in flight.
+
+    ``before``: the children this process had already; ``configured``: the
+    engine's ``VllmConfig`` (None if the build failed before it). From the
+    spawn on, the build thread mostly waits for EngineCore to load the model,
+    so this work costs the boot little; before it, the two threads would
+    contend for the interpreter on the boot's critical path.
+
+    Only ``load_app``'s failure is raised (the boot reports it); the rest is
+    an optimisation, and what fails here is done again, and reported, after
+    the build."""
     while not built.wait(0.02) and not child_processes() - before:
         pass
     vi.load_app()
+    vllm_config = configured.result()
+    if vllm_config is None:
+        return Draft()
+    draft = Draft()
+    try:
+        vi.warm_chat_template(args, vllm_config)
+        tasks = vi.likely_supported_tasks(vllm_config)
+        if tasks is not None:
+            draft = Draft(vi.build_app(args, tasks, vllm_config.model_config), tasks)
+    except Exception:  # noqa: BLE001 - done again after the build, where a failure is reported
+        logger.debug("preparing the app beside the engine build failed", exc_info=True)
+    vi.freeze_gc_heap()
+    return draft
 
 
 def stop_child_processes() -> None:

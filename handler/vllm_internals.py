@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import inspect
+import logging
 import os
 import threading
 from argparse import Namespace
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 _missing: list[str] = []
@@ -173,6 +175,13 @@ current_platform = _first("current_platform", "vllm.platforms")
 vllm_version: str = _first("__version__", "vllm")
 ToolParserManager = _first("ToolParserManager", "vllm.tool_parsers", "vllm.entrypoints.openai.tool_parsers")
 ReasoningParserManager = _first("ReasoningParserManager", "vllm.reasoning")
+ModelConfig = _first("ModelConfig", "vllm.config")
+FALLBACK_SUPPORTED_TASKS = _first("FALLBACK_SUPPORTED_TASKS", "vllm.tasks")
+cached_tokenizer_from_config = _first("cached_tokenizer_from_config", "vllm.tokenizers.registry", "vllm.tokenizers")
+freeze_gc_heap = _first("freeze_gc_heap", "vllm.utils.gc_utils")
+# The chat template's resolution, which warm_chat_template runs ahead.
+_resolve_content_format = _first("resolve_chat_template_content_format", "vllm.renderers.hf")
+_load_chat_template = _first("load_chat_template", "vllm.renderers.chat_utils", "vllm.entrypoints.chat_utils")
 
 _has(AsyncEngineArgs, "from_cli_args", "create_engine_config")
 _dataclass_fields(AsyncEngineArgs, "enable_log_requests", "aggregate_engine_logging", "disable_log_stats")
@@ -206,6 +215,8 @@ _has(RequestOutputKind, "DELTA", "FINAL_ONLY")
 _has(SamplingParams, "__struct_fields__")  # a msgspec struct
 _has(ToolParserManager, "import_tool_parser")
 _has(ReasoningParserManager, "import_reasoning_parser")
+_assigns(_member(ModelConfig, "__post_init__"), "runner_type")
+_params(_resolve_content_format, "chat_template", "tools", "given_format", "tokenizer", "model_config")
 
 
 def import_parser_plugins(args: Namespace) -> None:
@@ -217,10 +228,11 @@ def import_parser_plugins(args: Namespace) -> None:
         ReasoningParserManager.import_reasoning_parser(args.reasoning_parser_plugin)
 
 
-def build_async_llm(args: Namespace) -> Any:
+def build_async_llm(args: Namespace, on_config: Callable[[Any], object] = lambda config: None) -> Any:
     """``AsyncLLM`` from the serve namespace, by the steps of vLLM's
     ``build_async_engine_client`` and ``build_async_engine_client_from_engine_args``
-    (the contract test pins their list of calls).
+    (the contract test pins their list of calls). ``on_config`` is given the
+    ``VllmConfig`` before the engine is built from it.
 
     vLLM's own function is an async context manager that builds the engine
     inside the event loop and blocks it for the whole model load; the worker
@@ -237,6 +249,7 @@ def build_async_llm(args: Namespace) -> Any:
     propagate_flash_late_interaction(args, engine_args)
     usage = UsageContext.OPENAI_API_SERVER
     vllm_config = engine_args.create_engine_config(usage_context=usage)
+    on_config(vllm_config)
     return AsyncLLM.from_vllm_config(
         vllm_config=vllm_config,
         usage_context=usage,
@@ -296,10 +309,17 @@ _ENTRY = (
 # runs in a thread beside the engine build; the first use of one of these
 # names also loads them.
 _APP_NAMES = frozenset(
-    {"build_app", "init_app_state", "terminate_if_errored", "_engine_error_handler", "SERVER_FUNCTIONS"}
+    {
+        "init_app_state",
+        "terminate_if_errored",
+        "_engine_error_handler",
+        "SERVER_FUNCTIONS",
+        "_app_lifespan",
+    }
 )
 _app_lock = threading.Lock()
 _app_loaded = False
+_build_app: Any = None  # vLLM's; the worker calls build_app below
 
 
 def load_app() -> None:
@@ -311,7 +331,7 @@ def load_app() -> None:
             return
         start = len(_missing)
         names: dict[str, Any] = {
-            "build_app": _first("build_app", *_APP),
+            "_build_app": _first("build_app", *_APP),
             "init_app_state": _first("init_app_state", *_APP_STATE),
             "terminate_if_errored": _first("terminate_if_errored", *_LAUNCHER),
             "_engine_error_handler": _first(
@@ -319,6 +339,7 @@ def load_app() -> None:
                 "vllm.entrypoints.serve.exception_handling.handlers.vllm_error",
                 "vllm.entrypoints.openai.api_server",
             ),
+            "_app_lifespan": _first("lifespan", *_APP),
             # vLLM's own server functions that build_async_llm and the engine
             # copy; the contract test reads their source.
             "SERVER_FUNCTIONS": {
@@ -334,17 +355,19 @@ def load_app() -> None:
         # vLLM answers an engine error by setting app.state.server.should_exit.
         _assigns(names["terminate_if_errored"], "should_exit", "errored", "is_running")
         _assigns(names["_engine_error_handler"], "terminate_if_errored", "server")
+        # The app's start-up freezes the heap (warm_app runs that step earlier too).
+        _assigns(names["_app_lifespan"], "freeze_gc_heap")
         globals().update(names)
         _check(_missing[start:])
         _app_loaded = True
 
 
 if TYPE_CHECKING:  # set by load_app
-    build_app: Any
     init_app_state: Any
     terminate_if_errored: Any
     _engine_error_handler: Any
     SERVER_FUNCTIONS: dict[str, Any]
+    _app_lifespan: Any
 else:
 
     def __getattr__(name: str) -> Any:
@@ -352,6 +375,67 @@ else:
             load_app()
             return globals()[name]
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_app(args: Namespace, supported_tasks: Any, model_config: Any) -> Any:
+    """vLLM's ``build_app``, with the root logger left as the worker set it.
+
+    Building the app imports a SageMaker package of vLLM's
+    (``model_hosting_container_standards``) that sets the root logger and its
+    handlers to ERROR at import, unless LOG_LEVEL says otherwise: every log
+    line of the worker's own below ERROR would be dropped from then on. This
+    module imports it first (below); the guard here is for what else the
+    build may set."""
+    load_app()
+    with _root_logging_kept():
+        return _build_app(args, supported_tasks, model_config)
+
+
+@contextlib.contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    root = logging.getLogger()
+    levels: list[tuple[logging.Logger | logging.Handler, int]] = [(root, root.level)]
+    levels += [(handler, handler.level) for handler in root.handlers]
+    try:
+        yield
+    finally:
+        for owner, level in levels:
+            owner.setLevel(level)
+
+
+# vLLM's app, when built, imports model_hosting_container_standards for its
+# SageMaker routes; that package's logging_config sets the root logger and its
+# handlers to ERROR when first imported (vLLM restores the handlers' levels,
+# not the root's). Imported here first: in the importing thread, before the
+# engine build starts threads, whose log lines a concurrent import would drop.
+with _root_logging_kept(), contextlib.suppress(ModuleNotFoundError):
+    importlib.import_module("model_hosting_container_standards.logging_config")
+
+
+def warm_chat_template(args: Namespace, vllm_config: Any) -> None:
+    """Fill vLLM's caches of the chat template and its content format, which
+    the app's renderer warm-up (in ``init_app_state``) reads: resolving the
+    template loads the model's processor, the largest part of the app's
+    start-up. The engine's renderer holds the same tokenizer (vLLM caches it
+    per model config), so the caches' keys match; on a miss the warm-up just
+    does the work again."""
+    tokenizer = cached_tokenizer_from_config(vllm_config.model_config)
+    if tokenizer is None:  # --skip-tokenizer-init: no chat template to resolve
+        return
+    _resolve_content_format(
+        chat_template=_load_chat_template(args.chat_template),
+        tools=None,
+        given_format=args.chat_template_content_format,
+        tokenizer=tokenizer,
+        model_config=vllm_config.model_config,
+    )
+
+
+def likely_supported_tasks(vllm_config: Any) -> tuple[str, ...] | None:
+    """What the engine will report from ``get_supported_tasks``, as far as
+    its configuration tells before it is built: vLLM's fallback,
+    ``("generate",)``, for a generative model; None for any other."""
+    return FALLBACK_SUPPORTED_TASKS if vllm_config.model_config.runner_type == "generate" else None
 
 
 class _ServerShim:

@@ -114,3 +114,5 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
     # build over: one build, one configuration line
     assert output.count("engine configuration (vLLM") == 1, output.count("engine configuration (vLLM")
     assert output.index("engine configuration (vLLM") < output.index("forgetting 1 job(s)")
+    # the worker's own INFO lines survive vLLM's app build (vi.build_app)
+    assert "handler.engine: engine ready in" in output

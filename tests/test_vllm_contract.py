@@ -187,7 +187,7 @@ USES = [
     ),
     Use(
         "handler/engine.py",
-        "llm = self._llm = vi.build_async_llm(args)",
+        "llm = self._llm = vi.build_async_llm(args, on_config=configured.set_result)",
         both(
             has(
                 "AsyncEngineArgs.from_cli_args",
@@ -210,8 +210,29 @@ USES = [
     Use(
         "handler/engine.py",
         "    vi.load_app()",
-        has("build_app", "init_app_state", "terminate_if_errored", "_engine_error_handler", "SERVER_FUNCTIONS"),
+        has("_build_app", "init_app_state", "terminate_if_errored", "_engine_error_handler", "SERVER_FUNCTIONS"),
     ),
+    # engine.py's draft_beside: the app's start-up work that needs no engine
+    Use(
+        "handler/engine.py",
+        "vi.warm_chat_template(args, vllm_config)",
+        both(
+            has("cached_tokenizer_from_config", "_load_chat_template"),
+            takes("_resolve_content_format", "chat_template", "tools", "given_format", "tokenizer", "model_config"),
+            dests("chat_template", "chat_template_content_format"),
+        ),
+    ),
+    Use(
+        "handler/engine.py",
+        "tasks = vi.likely_supported_tasks(vllm_config)",
+        both(has("FALLBACK_SUPPORTED_TASKS"), code_uses("ModelConfig.__post_init__", "runner_type")),
+    ),
+    Use(
+        "handler/engine.py",
+        "vi.build_app(args, tasks, vllm_config.model_config)",
+        takes("_build_app", "args", "supported_tasks", "model_config", count=3),
+    ),
+    Use("handler/engine.py", "vi.freeze_gc_heap()", code_uses("_app_lifespan", "freeze_gc_heap")),
     Use("handler/engine.py", "self._llm.shutdown()", has("AsyncLLM.shutdown")),
     Use(
         "handler/engine.py",
@@ -227,7 +248,7 @@ USES = [
         "handler/engine.py",
         "vi.build_app(args, supported_tasks, llm.model_config)",
         both(
-            takes("build_app", "args", "supported_tasks", "model_config", count=3),
+            takes("_build_app", "args", "supported_tasks", "model_config", count=3),
             code_uses("AsyncLLM.__init__", "model_config"),
         ),
     ),
@@ -382,9 +403,12 @@ def test_vllm_internals_imports():
 # --- scans -----------------------------------------------------------------
 
 # Bare-vLLM floors in the benchmarks: they must not pay for the worker's
-# imports (vllm_internals also imports vLLM's OpenAI app), so they import vLLM
-# themselves; their names are still in USES.
-BARE_FLOORS = {("bench/cold_start.py", "bare"), ("bench/load_balancing.py", "bare_boot")}
+# imports, so they import vLLM themselves; their names are still in USES.
+BARE_FLOORS = {
+    ("bench/cold_start.py", "bare"),
+    ("bench/load_balancing.py", "bare_boot"),
+    ("bench/boot_steps.py", "vllm_engine_import"),
+}
 
 
 def parsed(path: Path) -> ast.Module:
@@ -641,6 +665,45 @@ def test_the_app_is_imported_by_load_app_and_checked_like_the_rest():
     error = result.stdout.split("error:", 1)[1]
     assert "lacks" in error, error
     assert "\n  - build_app" in error and "uses .should_exit" in error, error
+
+
+def test_the_app_built_beside_the_engine_build_is_the_one_served(engine):
+    """The embedded model's engine reports the tasks vi.likely_supported_tasks
+    foresaw, so the app built during the engine build (draft_beside) serves;
+    otherwise the boot builds it again once the engine is up: still right,
+    but slower."""
+    assert engine.ready.drafted, "the boot rebuilt vLLM's app after the engine build"
+
+
+# Building vLLM's app imports model_hosting_container_standards, whose import
+# sets the root logger (and its handlers) to ERROR; in a fresh process, since
+# that happens once per process.
+ROOT_LOGGER_PROBE = """
+import logging, os, sys
+logging.basicConfig(level=logging.INFO)
+import handler.vllm_internals as vi
+from handler.config import engine_config
+from handler.settings import Settings
+vi.build_app(engine_config(Settings.from_env()).args, ("generate",), None)
+root = logging.getLogger()
+print("levels:", root.level, [handler.level for handler in root.handlers], flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.vllm
+def test_building_the_app_leaves_the_worker_logging():
+    """vi.build_app keeps the root logger's level and its handlers' as they
+    were: the worker's own INFO and WARNING lines (engine ready, stopping the
+    engine's processes on SIGTERM) go on being logged after the app is built."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", ROOT_LOGGER_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "levels: 20 [0]" in result.stdout, result.stdout
 
 
 @pytest.mark.vllm
