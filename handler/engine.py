@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import gc
 import logging
 import os
 import signal
@@ -239,6 +240,8 @@ class Engine:
         supported_tasks = await llm.get_supported_tasks()
         # the engine's answer crosses a process boundary: a list, not a tuple
         drafted = draft.tasks is not None and tuple(draft.tasks) == tuple(supported_tasks)
+        if draft.app is not None and not drafted:
+            gc.unfreeze()  # the heap frozen beside the build holds the app not used: let it go
         app = draft.app if drafted else vi.build_app(args, supported_tasks, llm.model_config)
         await vi.init_app_state(llm, app.state, args, supported_tasks)
         vi.on_engine_death(app, lambda: self._fail("vLLM reported the engine dead"))
@@ -300,7 +303,8 @@ def draft_beside(
     - freeze the heap as the app's lifespan does at start-up
       (``vi.freeze_gc_heap``), so that the lifespan's own collection then
       traverses only what is new. Cyclic garbage alive at this point and
-      dropped later is not collected: the build's few objects in flight.
+      dropped later is not collected: the build's few objects in flight (the
+      boot unfreezes the heap if it does not use the app built here).
 
     ``before``: the children this process had already; ``configured``: the
     engine's ``VllmConfig`` (None if the build failed before it). From the
@@ -313,18 +317,23 @@ def draft_beside(
     the build."""
     while not built.wait(0.02) and not child_processes() - before:
         pass
+    if configured.done() and configured.result() is None:
+        return Draft()  # the build failed before its configuration: its error is what matters
     vi.load_app()
     vllm_config = configured.result()
     if vllm_config is None:
         return Draft()
-    draft = Draft()
     try:
         vi.warm_chat_template(args, vllm_config)
+    except Exception:  # noqa: BLE001 - the app's own warm-up does it again, and reports it
+        logger.debug("warming the chat template beside the engine build failed", exc_info=True)
+    draft = Draft()
+    try:
         tasks = vi.likely_supported_tasks(vllm_config)
         if tasks is not None:
             draft = Draft(vi.build_app(args, tasks, vllm_config.model_config), tasks)
-    except Exception:  # noqa: BLE001 - done again after the build, where a failure is reported
-        logger.debug("preparing the app beside the engine build failed", exc_info=True)
+    except Exception:  # noqa: BLE001 - built again after the build, where a failure is reported
+        logger.debug("building the app beside the engine build failed", exc_info=True)
     vi.freeze_gc_heap()
     return draft
 

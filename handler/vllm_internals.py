@@ -179,9 +179,13 @@ ModelConfig = _first("ModelConfig", "vllm.config")
 FALLBACK_SUPPORTED_TASKS = _first("FALLBACK_SUPPORTED_TASKS", "vllm.tasks")
 cached_tokenizer_from_config = _first("cached_tokenizer_from_config", "vllm.tokenizers.registry", "vllm.tokenizers")
 freeze_gc_heap = _first("freeze_gc_heap", "vllm.utils.gc_utils")
-# The chat template's resolution, which warm_chat_template runs ahead.
+# The chat template's resolution by vLLM's HF renderer, which
+# warm_chat_template runs ahead.
 _resolve_content_format = _first("resolve_chat_template_content_format", "vllm.renderers.hf")
 _load_chat_template = _first("load_chat_template", "vllm.renderers.chat_utils", "vllm.entrypoints.chat_utils")
+_HfRenderer = _first("HfRenderer", "vllm.renderers.hf")
+_renderers = _first("RENDERER_REGISTRY", "vllm.renderers.registry")
+_tokenizer_args = _first("tokenizer_args_from_config", "vllm.tokenizers.registry")
 
 _has(AsyncEngineArgs, "from_cli_args", "create_engine_config")
 _dataclass_fields(AsyncEngineArgs, "enable_log_requests", "aggregate_engine_logging", "disable_log_stats")
@@ -217,6 +221,8 @@ _has(ToolParserManager, "import_tool_parser")
 _has(ReasoningParserManager, "import_reasoning_parser")
 _assigns(_member(ModelConfig, "__post_init__"), "runner_type")
 _params(_resolve_content_format, "chat_template", "tools", "given_format", "tokenizer", "model_config")
+_has(_renderers, "load_renderer_cls")
+_assigns(_member(_HfRenderer, "render_messages"), "resolve_chat_template_content_format")
 
 
 def import_parser_plugins(args: Namespace) -> None:
@@ -418,7 +424,11 @@ def warm_chat_template(args: Namespace, vllm_config: Any) -> None:
     template loads the model's processor, the largest part of the app's
     start-up. The engine's renderer holds the same tokenizer (vLLM caches it
     per model config), so the caches' keys match; on a miss the warm-up just
-    does the work again."""
+    does the work again. Only for vLLM's HF renderer: the others resolve
+    their templates their own way."""
+    renderer_mode = _tokenizer_args(vllm_config.model_config)[0]
+    if not issubclass(_renderers.load_renderer_cls(renderer_mode), _HfRenderer):
+        return
     tokenizer = cached_tokenizer_from_config(vllm_config.model_config)
     if tokenizer is None:  # --skip-tokenizer-init: no chat template to resolve
         return

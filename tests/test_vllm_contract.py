@@ -217,9 +217,13 @@ USES = [
         "handler/engine.py",
         "vi.warm_chat_template(args, vllm_config)",
         both(
-            has("cached_tokenizer_from_config", "_load_chat_template"),
+            has("cached_tokenizer_from_config", "_load_chat_template", "_renderers.load_renderer_cls"),
             takes("_resolve_content_format", "chat_template", "tools", "given_format", "tokenizer", "model_config"),
             dests("chat_template", "chat_template_content_format"),
+            # the warm-up it runs ahead of: the app's renderer, with the same template and format
+            code_uses("init_app_state", "load_chat_template", "chat_template_content_format", "warmup"),
+            code_uses("_HfRenderer.render_messages", "resolve_chat_template_content_format"),
+            takes("_tokenizer_args", "config", count=1),
         ),
     ),
     Use(
