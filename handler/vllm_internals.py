@@ -384,17 +384,10 @@ else:
 
 
 def build_app(args: Namespace, supported_tasks: Any, model_config: Any) -> Any:
-    """vLLM's ``build_app``, with the root logger left as the worker set it.
-
-    Building the app imports a SageMaker package of vLLM's
-    (``model_hosting_container_standards``) that sets the root logger and its
-    handlers to ERROR at import, unless LOG_LEVEL says otherwise: every log
-    line of the worker's own below ERROR would be dropped from then on. This
-    module imports it first (below); the guard here is for what else the
-    build may set."""
+    """vLLM's ``build_app`` (imported by ``load_app``). The SageMaker package
+    it imports would set the root logger to ERROR: see below."""
     load_app()
-    with _root_logging_kept():
-        return _build_app(args, supported_tasks, model_config)
+    return _build_app(args, supported_tasks, model_config)
 
 
 @contextlib.contextmanager
@@ -411,9 +404,11 @@ def _root_logging_kept() -> Iterator[None]:
 
 # vLLM's app, when built, imports model_hosting_container_standards for its
 # SageMaker routes; that package's logging_config sets the root logger and its
-# handlers to ERROR when first imported (vLLM restores the handlers' levels,
-# not the root's). Imported here first: in the importing thread, before the
-# engine build starts threads, whose log lines a concurrent import would drop.
+# handlers to ERROR when first imported, unless LOG_LEVEL says otherwise (vLLM
+# restores the handlers' levels, not the root's), and every log line of the
+# worker's own below ERROR would be dropped from then on. Imported here first,
+# with the levels kept: in the importing thread, before the engine build
+# starts threads, whose log lines a concurrent import would drop.
 with _root_logging_kept(), contextlib.suppress(ModuleNotFoundError):
     importlib.import_module("model_hosting_container_standards.logging_config")
 
