@@ -361,7 +361,7 @@ def load_app() -> None:
         # vLLM answers an engine error by setting app.state.server.should_exit.
         _assigns(names["terminate_if_errored"], "should_exit", "errored", "is_running")
         _assigns(names["_engine_error_handler"], "terminate_if_errored", "server")
-        # The app's start-up freezes the heap (warm_app runs that step earlier too).
+        # The app's start-up freezes the heap (engine.draft_beside runs that step earlier too).
         _assigns(names["_app_lifespan"], "freeze_gc_heap")
         globals().update(names)
         _check(_missing[start:])

@@ -639,17 +639,11 @@ def test_the_copy_passes_what_vllm_passes_to_from_vllm_config():
 
 # The app group: what `import handler.vllm_internals` leaves to vi.load_app.
 APP_PROBE = """
-import importlib, importlib.util, sys
+import sys
 import handler.vllm_internals as vi
 print("imported:", sorted(m for m in (*vi._APP, *vi._LAUNCHER) if m in sys.modules))
-def first(modules):  # the module vi._first would take, as vLLM's release lays them out
-    for name in modules:
-        try:
-            if importlib.util.find_spec(name) is not None:
-                return importlib.import_module(name)
-        except ModuleNotFoundError:
-            pass
-app_module, launcher = first(vi._APP), first(vi._LAUNCHER)
+# the modules load_app takes its names from: the first of each list that imports
+app_module, launcher = (sys.modules[vi._first("__name__", *modules)] for modules in (vi._APP, vi._LAUNCHER))
 del app_module.build_app
 launcher.terminate_if_errored = lambda *args: None
 try:
