@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import CAPITAL, GREEDY, native_text, serving
 from docker_cli import Builder, engine_or_reason, find_builder
-from fake_runpod import FakeRunPod
+from fake_runpod import FakeRunPod, worker_env
 from test_runpod_worker import MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,13 +151,9 @@ def cpu_image(docker_env, request) -> Iterator[str]:
     yield TAG
 
 
-def worker_env(url: str) -> dict[str, str]:
+def container_env(url: str) -> dict[str, str]:
     return {
-        "RUNPOD_POD_ID": "container-1",
-        "RUNPOD_AI_API_KEY": "test",
-        "RUNPOD_WEBHOOK_GET_JOB": f"{url}/v2/job-take/$ID?gpu=cpu",
-        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{url}/v2/job-done/$RUNPOD_POD_ID/$ID?gpu=cpu",
-        "RUNPOD_WEBHOOK_POST_STREAM": f"{url}/v2/job-stream/$RUNPOD_POD_ID/$ID?gpu=cpu",
+        **worker_env(url, pod_id="container-1"),
         "VLLM_CPU_KVCACHE_SPACE": "2",
         "MAX_CONCURRENCY": "4",
         "HF_ENDPOINT": "http://127.0.0.1:9",  # any hub call would fail at once: the baked model needs none
@@ -193,7 +189,7 @@ async def test_the_cpu_image_answers_runpod_jobs_offline_and_stops_cleanly(docke
         # vLLM's engine processes talk through /dev/shm (160 MiB at least);
         # Docker's default is 64 MiB
         container = client.containers.run(
-            cpu_image, detach=True, network_mode="host", shm_size="1g", environment=worker_env(url)
+            cpu_image, detach=True, network_mode="host", shm_size="1g", environment=container_env(url)
         )
         try:
             await wait_until(lambda: "native" in platform.done, 300, container)

@@ -416,6 +416,30 @@ async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path, command)
     assert code != 0 if command == "run" else code in (0, -signal.SIGTERM), code
 
 
+async def test_a_failed_fitness_check_stops_the_worker_cleanly(tmp_path):
+    """The runpod SDK runs its start-up fitness checks after the CPU worker
+    has begun building the engine, and exits with 1 when one fails. Here the
+    disk check cannot pass (it wants 100 % of "/" free): the worker must exit
+    with the SDK's reason in its log and leave no vLLM process behind."""
+    marker = str(uuid.uuid4())
+    env = {"RELIABILITY_TEST_MARKER": marker, "RUNPOD_MIN_DISK_PERCENT": "100"}
+    async with booting("production", tmp_path, env) as (worker, log):
+        try:
+            code = await asyncio.to_thread(worker.wait, 240)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    output = log.read_text(errors="replace")
+    assert code == 1, output[-3000:]
+    assert "Insufficient disk space" in output and "Worker is unhealthy" in output, output[-3000:]
+    deadline = time.monotonic() + 10
+    while (left := _marked(marker)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    for process in left:
+        process.kill()
+    assert not left, f"vLLM processes outlived the worker: {left}"
+
+
 async def _sigterm_mid_boot(worker: subprocess.Popen, log: Path, marker: str) -> int:
     try:
         # wait until vLLM has spawned its engine process, and is loading
