@@ -370,6 +370,17 @@ def _marked(marker: str) -> list[psutil.Process]:
     return found
 
 
+async def _none_outlive(marker: str) -> None:
+    """Assert that no marked process is left 10 s after the worker ended
+    (and kill any that is)."""
+    deadline = time.monotonic() + 10
+    while (left := _marked(marker)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    for process in left:
+        process.kill()
+    assert not left, f"vLLM processes outlived the worker: {left}"
+
+
 @asynccontextmanager
 async def booting(command: str, tmp_path: Path, env: dict[str, str]):
     """``python -m handler run`` with a job (the engine boots for it), or the
@@ -432,12 +443,7 @@ async def test_a_failed_fitness_check_stops_the_worker_cleanly(tmp_path):
     output = log.read_text(errors="replace")
     assert code == 1, output[-3000:]
     assert "Insufficient disk space" in output and "Worker is unhealthy" in output, output[-3000:]
-    deadline = time.monotonic() + 10
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    for process in left:
-        process.kill()
-    assert not left, f"vLLM processes outlived the worker: {left}"
+    await _none_outlive(marker)
 
 
 async def _sigterm_mid_boot(worker: subprocess.Popen, log: Path, marker: str) -> int:
@@ -456,11 +462,6 @@ async def _sigterm_mid_boot(worker: subprocess.Popen, log: Path, marker: str) ->
             worker.kill()
     output = log.read_text(errors="replace")
     assert "engine ready" not in output and "[output]" not in output, "the signal came mid-boot"
-    deadline = time.monotonic() + 10
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    for process in left:
-        process.kill()
-    assert not left, f"vLLM processes outlived the worker: {left}"
+    await _none_outlive(marker)
     assert "stopping" in output and "engine process" in output
     return code
