@@ -292,9 +292,12 @@ def draft_beside(
     args: Namespace, built: threading.Event, before: set[int], configured: concurrent.futures.Future[Any]
 ) -> Draft:
     """The app's start-up work that needs no engine, done while the engine
-    builds (in a thread), once the build has started a process (EngineCore's,
-    in practice: the build starts no other unless
-    VLLM_WORKER_MULTIPROC_METHOD=forkserver) or has ended:
+    builds (in a thread), once the build has started a process or has ended.
+    The first process is EngineCore's, unless vLLM's cache of model-class
+    facts (``VLLM_CACHE_ROOT``/modelinfos) is cold: then it is vLLM's
+    model-inspection subprocess, run while the configuration is made (about
+    10 s on a 2-core machine), and the steps below that need the
+    configuration wait for it:
 
     - import vLLM's OpenAI app (``vi.load_app``);
     - fill vLLM's chat-template caches that the app's renderer warm-up reads
@@ -307,10 +310,10 @@ def draft_beside(
       boot unfreezes the heap if it does not use the app built here).
 
     ``before``: the children this process had already; ``configured``: the
-    engine's ``VllmConfig`` (None if the build failed before it). From the
-    spawn on, the build thread mostly waits for EngineCore to load the model,
-    so this work costs the boot little; before it, the two threads would
-    contend for the interpreter on the boot's critical path.
+    engine's ``VllmConfig`` (None if the build failed before it). While a
+    process it started runs, the build thread mostly waits for it, so this
+    work costs the boot little; before one, the two threads would contend
+    for the interpreter on the boot's critical path.
 
     Only ``load_app``'s failure is raised (the boot reports it); the rest is
     an optimisation, and what fails here is done again, and reported, after
