@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -256,12 +255,6 @@ def prepare_model() -> int:
     return 0
 
 
-def since_process_start() -> float:
-    import psutil
-
-    return time.time() - psutil.Process().create_time()
-
-
 async def run_one(path: Path, *, timings: bool = False) -> int:
     try:
         job: Any = json.loads(path.read_text())
@@ -271,6 +264,8 @@ async def run_one(path: Path, *, timings: bool = False) -> int:
     marks: dict[str, float] = {}
     # an engine failure reaches the job as its error, and this command exits 1
     worker = build_worker(on_fatal=lambda reason: None)
+    from .engine import since_process_start
+
     engine = worker.engine
     marks["imports"] = since_process_start()
     job.setdefault("id", "local-run")

@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import gc
+import json
 import logging
 import os
 import signal
@@ -45,6 +46,7 @@ class Ready:
     served_model: str
     boot_seconds: float
     drafted: bool  # the app is the one built beside the engine build (draft_beside)
+    marks: dict[str, float]  # seconds since process start at each boot step (Engine.mark)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Engine:
         self._llm: Any = None
         self._early: concurrent.futures.Future[tuple[Namespace, Any, Draft]] | None = None
         self._build_began: float | None = None
+        self._marks: dict[str, float] = {}
         self._on_sigterm: Callable[[int, Any], None] | None = None
 
     @property
@@ -184,6 +187,7 @@ class Engine:
         early: concurrent.futures.Future[tuple[Namespace, Any, Draft]] = concurrent.futures.Future()
         self._early = early
         self._build_began = time.perf_counter()  # the boot's time counts from here
+        self.mark("build_began")
 
         def build() -> None:
             try:
@@ -199,6 +203,7 @@ class Engine:
         """The part of the boot that needs no event loop (run in a thread):
         the configuration, the model's files and the engine build, with the
         app's work that needs no engine done beside it (``draft_beside``)."""
+        self.mark("build_began")
         config = self.config or engine_config(self.settings, self.environ)
         args = config.args
         logger.info(config.describe())
@@ -213,10 +218,16 @@ class Engine:
         atexit.register(self._stop_llm)
         built = threading.Event()
         configured: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def on_config(vllm_config: Any) -> None:
+            self.mark("configured")
+            configured.set_result(vllm_config)
+
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
             drafting = pool.submit(draft_beside, args, built, child_processes(), configured)
             try:
-                llm = self._llm = vi.build_async_llm(args, on_config=configured.set_result)
+                llm = self._llm = vi.build_async_llm(args, on_config=on_config)
+                self.mark("built")
             finally:
                 built.set()
                 if not configured.done():  # the build failed before its configuration
@@ -248,10 +259,21 @@ class Engine:
         self._lifespan = app.router.lifespan_context(app)
         await self._lifespan.__aenter__()
         served = (args.served_model_name or [args.model])[0]
-        self._ready = Ready(llm, app, args, served, time.perf_counter() - began, drafted)
+        self.mark("ready")
+        self._ready = Ready(llm, app, args, served, time.perf_counter() - began, drafted, dict(self._marks))
         self._watchdog = asyncio.create_task(self._watch())
         logger.info("engine ready in %.1f s, serving %s", self._ready.boot_seconds, served)
+        logger.info("boot marks (seconds since process start): %s", json.dumps(self._ready.marks))
         return self._ready
+
+    def mark(self, step: str) -> None:
+        """Record when a boot step ended, in seconds since process start
+        (the first record of each step counts): ``build_began`` (vLLM and the
+        configuration imported and parsed), ``configured`` (vLLM's
+        ``VllmConfig`` made, the model inspected), ``built`` (the engine's
+        processes up, weights loaded, KV cache allocated), ``ready`` (the app
+        over it). Logged at ready; bench/image_cold_start.py reads them."""
+        self._marks.setdefault(step, round(since_process_start(), 3))
 
     async def _watch(self) -> None:
         while self._failure is None:
@@ -280,6 +302,12 @@ class Engine:
             self._lifespan = None
         self._stop_llm()
         self._ready = None
+
+
+def since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def child_processes() -> set[int]:
