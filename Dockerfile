@@ -59,7 +59,8 @@ LABEL org.opencontainers.image.title="vLLM worker for RunPod Serverless" \
 
 ENV PYTHONUNBUFFERED=1 \
     EMBEDDED_MODEL_DIR=/models/SmolLM2-135M-Instruct \
-    BAKED_MODEL_MANIFEST=/models/baked.json
+    BAKED_MODEL_MANIFEST=/models/baked.json \
+    BAKED_VLLM_CACHE=/models/vllm-cache
 
 WORKDIR /worker
 
@@ -73,7 +74,14 @@ RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf,required=false \
  && python3 -m pip install --no-cache-dir -r builder/requirements.txt \
  && python3 -m pip install --no-cache-dir --no-deps -r builder/requirements-nodeps.txt
 
-# 2. The model. Optional baking: docker build --build-arg MODEL_NAME=org/model \
+# 2. vLLM's cache of model-class facts, for every architecture vLLM lists: a
+#    boot of the image then starts no model-inspection subprocess, whichever
+#    model it serves. It depends on vLLM alone, so it comes before the model.
+COPY builder/bake_vllm_cache.py builder/
+COPY handler/__init__.py handler/vllm_internals.py handler/
+RUN python3 builder/bake_vllm_cache.py --dest /models/vllm-cache
+
+# 3. The model. Optional baking: docker build --build-arg MODEL_NAME=org/model \
 #      --secret id=HF_TOKEN,env=HF_TOKEN .
 #    Without MODEL_NAME the embedded default model is prepared instead, which is
 #    what handler/embedded_model.py (and nothing else of handler/) is copied for.
@@ -92,7 +100,7 @@ COPY handler/embedded_model.py handler/
 RUN --mount=type=secret,id=HF_TOKEN,required=false \
     python3 builder/download_model.py --dest /models --token-file /run/secrets/HF_TOKEN
 
-# 3. The worker's code.
+# 4. The worker's code.
 COPY handler/ handler/
 COPY test_input.json ./
 

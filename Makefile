@@ -35,7 +35,7 @@ test: model lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # No engine, no vLLM import (conftest's --fast fails the run if a test imports it).
-FAST_TESTS := tests/test_config.py tests/test_bake.py tests/test_plan.py tests/test_setup.py tests/test_versions.py
+FAST_TESTS := tests/test_config.py tests/test_caches.py tests/test_bake.py tests/test_plan.py tests/test_setup.py tests/test_versions.py
 test-fast: setup
 	$(PYTHON) -m pytest --fast -q $(FAST_TESTS) $(PYTEST_ARGS)
 

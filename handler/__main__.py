@@ -45,6 +45,10 @@ PLAN_OPTIONS = {
     "--quantization": ("QUANTIZATION", "quantization method (default: from the model's config)"),
     "--kv-cache-dtype": ("KV_CACHE_DTYPE", "KV cache dtype (default: auto)"),
     "--gpu-memory-utilization": ("GPU_MEMORY_UTILIZATION", "share of each GPU vLLM may use (default: 0.9)"),
+    "--max-num-seqs": (
+        "MAX_NUM_SEQS",
+        "sequences vLLM batches at once (default: MAX_CONCURRENCY, see CAP_MAX_NUM_SEQS); sets the CUDA-graph sizes",
+    ),
     "--prices": (
         "PLAN_PRICES",
         "JSON file mapping RunPod GPU pools to USD per GPU-second "
@@ -161,13 +165,19 @@ def build_worker(on_fatal: Callable[[str], None] | None = None) -> Worker:
 
 def serve_runpod() -> int:
     """The queue worker. A worker is mostly started cold for a job that waits
-    in the queue, so on the CPU the engine starts building at once, and the
-    runpod SDK is imported and set up while it builds (see
-    ``Engine.build_early`` for why a GPU worker waits for the first job)."""
+    in the queue, so the engine starts building at once, and the runpod SDK
+    is imported and set up while it builds. The SDK's fitness checks run in
+    a subprocess started first (fitness.py), which the build waits for
+    before vLLM starts its engine process (see ``Engine.build_early``)."""
+    from . import fitness
+
+    checks = fitness.Checks() if fitness.wanted(os.environ, sys.argv[1:]) else None
     worker = build_worker()
-    worker.engine.build_early()
+    worker.engine.build_early(before_engine=checks.verdict if checks else None)
     from . import runpod_sdk
 
+    if checks is not None:
+        checks.hand_to(os.environ)
     runpod_sdk.start(worker)
     return 0
 
@@ -222,6 +232,7 @@ def serve_playground(args: argparse.Namespace) -> int:
 
 def print_plan(args: argparse.Namespace) -> int:
     from . import plan
+    from .settings import Settings
 
     try:
         report = plan.plan_for(
@@ -239,6 +250,9 @@ def print_plan(args: argparse.Namespace) -> int:
         print(f"plan: {error}", file=sys.stderr)
         return 2
     print(report)
+    settings = Settings.from_env()
+    max_num_seqs = int(args.max_num_seqs) if args.max_num_seqs else None
+    print("\n".join(["", *plan.cuda_graph_lines(max_num_seqs, settings.max_concurrency, settings.cap_max_num_seqs)]))
     return 0
 
 

@@ -84,6 +84,7 @@ class Engine:
         self._early: concurrent.futures.Future[tuple[Namespace, Any, Draft]] | None = None
         self._build_began: float | None = None
         self._marks: dict[str, float] = {}
+        self._before_engine: Callable[[], object] | None = None
         self._on_sigterm: Callable[[int, Any], None] | None = None
 
     @property
@@ -169,20 +170,25 @@ class Engine:
         if error is not None:
             raise JobError(self._fail(error), status=503, type="EngineError")
 
-    def build_early(self) -> bool:
+    def build_early(self, before_engine: Callable[[], object] | None = None) -> bool:
         """Start building the engine now, in a thread, before any event loop
         runs: the production entrypoint calls this before it imports the
         runpod SDK, whose job loop starts only after its own set-up; the
         first job's boot then takes over the build instead of starting it.
 
-        On the CPU only. On a GPU, the runpod SDK's start-up fitness checks
-        initialise CUDA in this process, allocate GPU memory and run a
-        matmul; beside an engine build that could change how vLLM starts
-        EngineCore (fork or spawn) and upset its memory profiling, so a GPU
-        worker builds on the first job, after those checks. Returns whether
-        the build started."""
-        if self._early is not None or self._boot is not None or not on_cpu():
+        ``before_engine`` runs once vLLM's configuration is made, before vLLM
+        starts its engine process; it may raise to stop the build there. The
+        production entrypoint waits there for the runpod SDK's fitness checks,
+        which it runs in a subprocess (fitness.py). On a GPU the build starts
+        early only then: the SDK's own in-process checks initialise CUDA in
+        this process and allocate GPU memory, which beside an engine build
+        would make vLLM spawn its engine process instead of forking it and
+        upset its memory profiling; without the subprocess a GPU worker
+        builds on the first job, after those checks. Returns whether the
+        build started."""
+        if self._early is not None or self._boot is not None or (before_engine is None and not on_cpu()):
             return False
+        self._before_engine = before_engine
         self._stop_on_sigterm()
         early: concurrent.futures.Future[tuple[Namespace, Any, Draft]] = concurrent.futures.Future()
         self._early = early
@@ -206,6 +212,8 @@ class Engine:
         self.mark("build_began")
         config = self.config or engine_config(self.settings, self.environ)
         args = config.args
+        for name, value in config.environment.items():  # read by vLLM during the build
+            os.environ.setdefault(name, value)
         logger.info(config.describe())
         if uses_embedded_model(args, self.settings):
             embedded_model.prepare(self.settings.embedded_model_dir)
@@ -222,6 +230,8 @@ class Engine:
         def on_config(vllm_config: Any) -> None:
             self.mark("configured")
             configured.set_result(vllm_config)
+            if self._before_engine is not None:
+                self._before_engine()
 
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
             drafting = pool.submit(draft_beside, args, built, child_processes(), configured)

@@ -1,8 +1,9 @@
 """The process environment, settled before vLLM or huggingface_hub is imported
 (both read their environment variables at import time).
 
-- A RunPod network volume (``/runpod-volume``) holds the Hugging Face cache and
-  vLLM's compile cache, so the next cold start reuses both.
+- vLLM's caches: baked into the image, and on a RunPod network volume
+  (``/runpod-volume``) per GPU type, with the Hugging Face cache, so the next
+  cold start reuses them (``caches.py``).
 - ``HF_HUB_OFFLINE=1`` when the model ``config.choose_model`` chose needs no
   hub: the embedded default, a model baked into the image, a local directory,
   or a hub model whose complete snapshot a Hugging Face cache already holds
@@ -18,22 +19,16 @@ import logging
 import os
 from collections.abc import MutableMapping
 
-from . import config
+from . import caches, config
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def prepare(settings: Settings, environ: MutableMapping[str, str] | None = None) -> None:
-    """Caches on the volume, and the hub off when the chosen model needs none."""
+    """Caches in place, and the hub off when the chosen model needs none."""
     environ = os.environ if environ is None else environ
-    volume = settings.volume_dir
-    if volume.is_dir():
-        environ.setdefault("HF_HOME", str(volume / "huggingface-cache"))
-        environ.setdefault("VLLM_CACHE_ROOT", str(volume / "vllm-cache"))
-        logger.info(
-            "network volume %s: HF_HOME=%s, VLLM_CACHE_ROOT=%s", volume, environ["HF_HOME"], environ["VLLM_CACHE_ROOT"]
-        )
+    caches.place(settings, environ)
     choice = config.choose_model(settings, environ)
     if choice.source == "cached":
         logger.info(

@@ -16,7 +16,7 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from . import vllm_internals as vi
@@ -179,6 +179,9 @@ class EngineConfig:
     args: argparse.Namespace
     sources: dict[str, str]  # dest -> the env var that set it
     defaults: dict[str, Any]  # vLLM's own defaults
+    # vLLM environment variables this configuration sets where the user has
+    # not; the engine build applies them (config.engine_config decides them)
+    environment: dict[str, str] = field(default_factory=dict)
 
     def non_default(self) -> dict[str, Any]:
         return {
@@ -189,7 +192,8 @@ class EngineConfig:
 
     def describe(self) -> str:
         """The effective engine configuration as one log line, secrets redacted."""
-        return f"engine configuration (vLLM {vi.vllm_version}): {redact(self.non_default())}"
+        environment = f"; vLLM environment defaults {self.environment}" if self.environment else ""
+        return f"engine configuration (vLLM {vi.vllm_version}): {redact(self.non_default())}{environment}"
 
 
 def collect_env(environ: Mapping[str, str], table: Mapping[str, Flag]) -> dict[str, str]:

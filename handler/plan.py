@@ -676,6 +676,33 @@ def _footnotes(plan: Plan) -> list[str]:
     ]
 
 
+def cuda_graph_lines(max_num_seqs: int | None, max_concurrency: int, capped: bool) -> list[str]:
+    """Which batch sizes vLLM will capture CUDA graphs for at boot, computed
+    by vLLM's own config code (``vi.capture_sizes``), for the worker's
+    ``max_num_seqs``: ``MAX_NUM_SEQS`` when set, else ``MAX_CONCURRENCY``
+    (config.size_batch), else vLLM's default (256 or more on a GPU)."""
+    from . import vllm_internals as vi
+
+    # vLLM's smallest GPU default (get_batch_defaults); larger ones capture the same sizes
+    gpu_default_seqs, gpu_default_tokens = 256, 2048
+    uncapped = vi.capture_sizes(gpu_default_seqs, gpu_default_tokens)
+    seqs = max_num_seqs or (max_concurrency if capped else None)
+    if seqs is None or seqs >= gpu_default_seqs:
+        why = f"MAX_NUM_SEQS={max_num_seqs}" if max_num_seqs else "vLLM's default max_num_seqs"
+        sizes = vi.capture_sizes(seqs, gpu_default_tokens) if seqs else uncapped
+        return [
+            f"CUDA graphs (vLLM {vi.vllm_version}): {why}, so vLLM captures {len(sizes)} batch sizes, up to {sizes[-1]}."
+        ]
+    sizes = vi.capture_sizes(seqs, gpu_default_tokens)
+    why = f"MAX_NUM_SEQS={seqs}" if max_num_seqs else f"max_num_seqs capped at MAX_CONCURRENCY={seqs}"
+    return [
+        f"CUDA graphs (vLLM {vi.vllm_version}): {why}, so vLLM captures {len(sizes)} batch sizes at boot:",
+        f"  {', '.join(map(str, sizes))}.",
+        f"  With vLLM's default max_num_seqs (CAP_MAX_NUM_SEQS=false) it captures {len(uncapped)}, up to {uncapped[-1]}",
+        "  (data-centre Blackwell GPUs: up to 1024). Enforce-eager mode captures none.",
+    ]
+
+
 def plan_for(model: str, *, revision: str | None = None, token: str | None = None, **plan_kwargs: Any) -> str:
     """Load the model's config (and local safetensors index), size it, render the report."""
     config = load_config(model, revision=revision, token=token)

@@ -33,6 +33,12 @@ class Settings(BaseModel):
         description="Jobs one worker runs at once (they share vLLM's batch). In load-balancing "
         "mode: requests served at once; one more is answered 429 with `Retry-After`.",
     )
+    cap_max_num_seqs: bool = Field(
+        True,
+        description="When neither `MAX_NUM_SEQS` nor CUDA-graph capture sizes are set, cap vLLM's "
+        "`max_num_seqs` at `MAX_CONCURRENCY` (where that is below vLLM's default), and with it the "
+        "batch sizes vLLM captures CUDA graphs for at boot. `false`: vLLM's defaults (see Cold start).",
+    )
     stream_batch_max_events: int = Field(
         32,
         ge=1,
@@ -51,7 +57,14 @@ class Settings(BaseModel):
     volume_dir: Path = Field(
         Path("/runpod-volume"),
         description="When this directory exists (a RunPod network volume), the Hugging "
-        "Face cache and vLLM's compile cache live on it.",
+        "Face cache lives on it, and vLLM's compile, JIT and startup-plan caches too, in a "
+        "directory per GPU type, vLLM and torch version (see Cold start).",
+    )
+    baked_vllm_cache: Path = Field(
+        Path("/models/vllm-cache"),
+        description="vLLM's cache made at image build time (`builder/bake_vllm_cache.py`: "
+        "the model-class facts of every architecture vLLM lists). Used as `VLLM_CACHE_ROOT` "
+        "without a volume; its entries are copied into the cache in use otherwise.",
     )
     baked_model_manifest: Path = Field(
         Path("/models/baked.json"),

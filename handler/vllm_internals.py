@@ -225,6 +225,130 @@ _has(_renderers, "load_renderer_cls")
 _assigns(_member(_HfRenderer, "render_messages"), "resolve_chat_template_content_format")
 
 
+# --- sizing the engine for the endpoint ---------------------------------------
+
+_VllmConfig = _first("VllmConfig", "vllm.config")
+_CompilationConfig = _first("CompilationConfig", "vllm.config")
+_CUDAGraphMode = _first("CUDAGraphMode", "vllm.config.compilation", "vllm.config")
+_has(AsyncEngineArgs, "get_batch_defaults")
+_has(_VllmConfig, "_set_cudagraph_sizes")
+_has(_CUDAGraphMode, "NONE", "FULL_AND_PIECEWISE")
+_dataclass_fields(_CompilationConfig, "cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode")
+# what _set_cudagraph_sizes reads of the config (the stub in capture_sizes gives each)
+_assigns(
+    _member(_VllmConfig, "_set_cudagraph_sizes"),
+    "model_config",
+    "enforce_eager",
+    "compilation_config",
+    "scheduler_config",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "uniform_decode_query_len",
+)
+
+
+# The variable (and value) that keeps vLLM's single-process executor ("uni")
+# on the CPU: its platform turns "uni" into "mp", a separate process for the
+# model, unless this is "0" (CpuPlatform.check_and_update_config; the contract
+# test reads it there). AsyncLLM still runs EngineCore in its own process.
+CPU_SINGLE_PROCESS = ("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def batch_size_set(args: Namespace) -> bool:
+    """Whether the user sized vLLM's batch: ``--max-num-seqs``, or CUDA-graph
+    capture sizes by flag or in ``--compilation-config``."""
+    compilation = args.compilation_config
+    return any(
+        value is not None
+        for value in (
+            args.max_num_seqs,
+            args.cudagraph_capture_sizes,
+            args.max_cudagraph_capture_size,
+            compilation.cudagraph_capture_sizes,
+            compilation.max_cudagraph_capture_size,
+        )
+    )
+
+
+def default_max_num_seqs(args: Namespace) -> int:
+    """The ``max_num_seqs`` vLLM's OpenAI server picks on this machine when
+    none is set (``EngineArgs.get_batch_defaults``: it reads the device's
+    memory through NVML, which starts no CUDA context)."""
+    world_size = args.tensor_parallel_size * args.pipeline_parallel_size
+    _, max_num_seqs = AsyncEngineArgs.get_batch_defaults(world_size)
+    return int(max_num_seqs[UsageContext.OPENAI_API_SERVER])
+
+
+def capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
+    """The batch sizes vLLM captures CUDA graphs for, by its own
+    ``VllmConfig._set_cudagraph_sizes``, for a model without speculative
+    decoding on a GPU that is not a data-centre Blackwell (those allow up to
+    1024 instead of 512). Computed on any machine: the method runs on a
+    stand-in for the config holding just what it reads."""
+    from types import SimpleNamespace
+
+    compilation = _CompilationConfig(cudagraph_mode=_CUDAGraphMode.FULL_AND_PIECEWISE)
+    stand_in = SimpleNamespace(
+        model_config=SimpleNamespace(enforce_eager=False),
+        compilation_config=compilation,
+        scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
+        uniform_decode_query_len=1,
+        speculative_config=None,
+        performance_mode="balanced",
+    )
+    _VllmConfig._set_cudagraph_sizes(stand_in)
+    return list(compilation.cudagraph_capture_sizes)
+
+
+# --- vLLM's cache of model-class facts, baked at image build -----------------
+
+_ModelRegistry = _first("ModelRegistry", "vllm.model_executor.models.registry")
+_LazyRegisteredModel = _first("_LazyRegisteredModel", "vllm.model_executor.models.registry")
+_load_general_plugins = _first("load_general_plugins", "vllm.plugins")
+_has(_ModelRegistry, "models")
+_has(_LazyRegisteredModel, "inspect_model_cls")
+_dataclass_fields(_LazyRegisteredModel, "module_name", "class_name")
+# the subprocess each cold inspection starts, which inspect_model_classes runs in process
+_assigns(_member(_LazyRegisteredModel, "inspect_model_cls"), "_run_in_subprocess", "_save_modelinfo_to_cache")
+
+
+def inspect_model_classes() -> tuple[int, dict[str, str]]:
+    """Fill vLLM's cache of model-class facts (``VLLM_CACHE_ROOT/modelinfos``)
+    for every architecture vLLM's registry lists, as vLLM's boot does for the
+    served model's class when that cache has no entry for it: then it imports
+    the class in a subprocess, several seconds. Here each inspection runs in
+    this process instead (the subprocess keeps CUDA out of a serving process;
+    an image build has none to keep out), after vLLM's general plugins load,
+    as they do in that subprocess. Each entry is keyed by its model file's
+    hash, so it holds for this vLLM on any device. Returns how many classes
+    were inspected, and why each architecture whose class does not import
+    here failed (vLLM inspects those at boot, as before)."""
+    import sys
+
+    registry: Any = sys.modules[_LazyRegisteredModel.__module__]
+    _load_general_plugins()
+    in_subprocess = registry._run_in_subprocess
+    registry._run_in_subprocess = lambda function: function()
+    inspected: set[tuple[str, str]] = set()
+    failed: dict[str, str] = {}
+    try:
+        for architecture, model in sorted(_ModelRegistry.models.items()):
+            if not isinstance(model, _LazyRegisteredModel):  # registered as a class: nothing to inspect
+                continue
+            key = (model.module_name, model.class_name)
+            if key in inspected:
+                continue
+            try:
+                model.inspect_model_cls()
+            except Exception as error:  # noqa: BLE001 - a class that does not import here is inspected at boot
+                failed[architecture] = f"{type(error).__name__}: {error}".splitlines()[0]
+            else:
+                inspected.add(key)
+    finally:
+        registry._run_in_subprocess = in_subprocess
+    return len(inspected), failed
+
+
 def import_parser_plugins(args: Namespace) -> None:
     """Load ``--tool-parser-plugin`` and ``--reasoning-parser-plugin`` files,
     as vLLM's ``run_server_worker`` does before it builds the engine."""

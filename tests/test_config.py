@@ -248,3 +248,38 @@ def test_tensor_parallel_is_checked_against_the_chosen_model(tmp_path):
     settings, _ = bake(tmp_path)
     with pytest.raises(ConfigError, match="TENSOR_PARALLEL_SIZE=2 does not divide the model's 9 attention heads"):
         config.engine_config(settings, {"TENSOR_PARALLEL_SIZE": "2"})
+
+
+@pytest.mark.vllm
+def test_max_num_seqs_is_capped_at_the_concurrency_unless_the_batch_is_sized(tmp_path):
+    from handler import vllm_internals as vi
+
+    settings = settings_for(tmp_path)
+    assert settings.max_concurrency == 30
+    default = vi.default_max_num_seqs(config.engine_config(settings, {}).args)
+    assert default > 30, "vLLM's own default on this machine (128 on the CPU)"
+    assert config.engine_config(settings, {}).args.max_num_seqs == 30
+    for environ, chosen in (
+        ({"MAX_NUM_SEQS": "64"}, 64),
+        ({"VLLM_EXTRA_ARGS": "--max-num-seqs 7"}, 7),
+        ({"CUDAGRAPH_CAPTURE_SIZES": "1 2 4"}, None),
+        ({"MAX_CUDAGRAPH_CAPTURE_SIZE": "16"}, None),
+        ({"COMPILATION_CONFIG": '{"cudagraph_capture_sizes": [1, 2]}'}, None),
+        ({"COMPILATION_CONFIG": '{"max_cudagraph_capture_size": 8}'}, None),
+    ):
+        assert config.engine_config(settings, environ).args.max_num_seqs == chosen, environ
+    off = settings.model_copy(update={"cap_max_num_seqs": False})
+    assert config.engine_config(off, {}).args.max_num_seqs is None, "CAP_MAX_NUM_SEQS=false: vLLM's default"
+    wide = settings.model_copy(update={"max_concurrency": default + 1})
+    assert config.engine_config(wide, {}).args.max_num_seqs is None, "never above vLLM's default"
+
+
+@pytest.mark.vllm
+def test_one_cpu_model_worker_runs_in_vllms_single_process_executor(tmp_path):
+    from handler import vllm_internals as vi
+
+    if not vi.current_platform.is_cpu():
+        pytest.skip("vLLM picks the single-process executor for one GPU itself")
+    settings = settings_for(tmp_path)
+    assert config.engine_config(settings, {}).environment == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert config.engine_config(settings, {"DATA_PARALLEL_SIZE": "2"}).environment == {}

@@ -45,8 +45,9 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_layers_run_from_stable_to_volatile():
-    """Dependencies, then the bake, then the code: a code change rebuilds only
-    the last small layer, and a model change does not rerun pip."""
+    """Dependencies, vLLM's model-class cache, the model, then the code: a
+    code change rebuilds only the last small layer, and a model change does
+    not rerun pip or the cache bake."""
     steps = dockerfile_instructions()
     final = max(index for index, (instruction, _) in enumerate(steps) if instruction == "FROM")
     steps = steps[final:]  # the stage both variants share
@@ -54,6 +55,8 @@ def test_dockerfile_layers_run_from_stable_to_volatile():
     for index, (instruction, arguments) in enumerate(steps):
         if instruction == "RUN" and "pip install" in arguments:
             position.setdefault("pip", index)
+        if instruction == "RUN" and "bake_vllm_cache.py" in arguments:
+            position["vllm_cache"] = index
         if instruction == "ARG" and arguments.startswith("MODEL_"):
             position.setdefault("model_args", index)
         if instruction == "COPY" and "download_model.py" in arguments:
@@ -62,12 +65,14 @@ def test_dockerfile_layers_run_from_stable_to_volatile():
             position["bake"] = index
         if instruction == "COPY" and arguments.split()[0] == "handler/":
             position["code"] = index
-    assert position["pip"] < position["model_args"] < position["bake_copy"] < position["bake"] < position["code"], (
-        position
-    )
-    bake_inputs = [
-        arguments for instruction, arguments in steps[position["pip"] + 1 : position["bake"]] if instruction == "COPY"
+    order = ["pip", "vllm_cache", "model_args", "bake_copy", "bake", "code"]
+    assert [position[step] for step in order] == sorted(position[step] for step in order), position
+    cache_inputs = [a for i, a in steps[position["pip"] + 1 : position["vllm_cache"]] if i == "COPY"]
+    assert cache_inputs == [
+        "builder/bake_vllm_cache.py builder/",
+        "handler/__init__.py handler/vllm_internals.py handler/",
     ]
+    bake_inputs = [a for i, a in steps[position["vllm_cache"] + 1 : position["bake"]] if i == "COPY"]
     assert bake_inputs == ["builder/download_model.py builder/", "handler/embedded_model.py handler/"], bake_inputs
     assert not [a for i, a in steps[position["bake"] + 1 :] if i == "ARG" and a.startswith("MODEL_")]
 
@@ -179,7 +184,7 @@ def test_network_volume_holds_the_caches(tmp_path):
     environ: dict[str, str] = {}
     environment.prepare(Settings(volume_dir=volume, baked_model_manifest=tmp_path / "none.json"), environ)
     assert environ["HF_HOME"] == str(volume / "huggingface-cache")
-    assert environ["VLLM_CACHE_ROOT"] == str(volume / "vllm-cache")
+    assert Path(environ["VLLM_CACHE_ROOT"]).parent == volume / "vllm-cache", "per GPU type (test_caches.py)"
     assert environ["HF_HUB_OFFLINE"] == "1"  # the embedded model needs no hub
 
     environ = {"MODEL_NAME": "org/some-model", "HF_HOME": "/mine"}

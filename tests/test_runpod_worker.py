@@ -116,3 +116,8 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
     assert output.index("engine configuration (vLLM") < output.index("forgetting 1 job(s)")
     # the worker's own INFO lines survive vLLM's app build (vi.build_app)
     assert "handler.engine: engine ready in" in output
+    # the SDK's fitness checks ran in a subprocess (handler/fitness.py: its
+    # three system checks; a GPU adds the CUDA ones), and the SDK's own run
+    # in this process ran just the one check that reports that verdict
+    assert "Running 3 fitness check(s)" in output and "Running 1 fitness check(s)" in output, output[:3000]
+    assert output.count("All fitness checks passed") == 2

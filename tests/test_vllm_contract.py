@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import dataclasses
 import importlib.util
 import inspect
 import re
 import signal
+import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ import pytest
 from handler.config import CPU_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*ROOT.glob("handler/*.py"), *ROOT.glob("bench/*.py")])
+SOURCES = sorted([*ROOT.glob("handler/*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("builder/*.py")])
 INTERNALS = ROOT / "handler" / "vllm_internals.py"
 
 
@@ -156,6 +158,43 @@ def is_subclass(path: str, base: type) -> Callable[[ModuleType], None]:
     return check
 
 
+def dataclass_fields(path: str, *names: str) -> Callable[[ModuleType], None]:
+    def check(vi: ModuleType) -> None:
+        declared = {field.name for field in dataclasses.fields(resolve(vi, path))}
+        lacking = [name for name in names if name not in declared]
+        assert not lacking, f"vLLM's {path} has no field {', '.join(lacking)}"
+
+    check.__doc__ = f"{path} fields {', '.join(names)}"
+    return check
+
+
+def module_has(path: str, *names: str) -> Callable[[ModuleType], None]:
+    """The module that defines ``path`` (a class) has each of ``names``."""
+
+    def check(vi: ModuleType) -> None:
+        module = sys.modules[resolve(vi, path).__module__]
+        lacking = [name for name in names if not hasattr(module, name)]
+        assert not lacking, f"vLLM's {module.__name__} has no {', '.join(lacking)}"
+
+    check.__doc__ = f"{path}'s module has {', '.join(names)}"
+    return check
+
+
+def cpu_platform_keeps_uni_for(variable: str, value: str) -> Callable[[ModuleType], None]:
+    """vLLM's CPU platform keeps the single-process executor when ``variable``
+    is ``value``: its config check reads that variable beside "uni"."""
+
+    def check(vi: ModuleType) -> None:
+        assert vi.current_platform.is_cpu(), "the contract tests run on vLLM's CPU build"
+        source = inspect.getsource(type(vi.current_platform).check_and_update_config)
+        assert f'"{variable}", "1") == "1"' in source.replace("'", '"') and '== "uni"' in source, (
+            f"vLLM's CpuPlatform.check_and_update_config no longer keeps 'uni' when {variable}={value}"
+        )
+
+    check.__doc__ = f"CpuPlatform keeps uni when {variable}={value}"
+    return check
+
+
 @cache
 def serve_dests() -> frozenset[str]:
     vi = internals()
@@ -187,7 +226,7 @@ USES = [
     ),
     Use(
         "handler/engine.py",
-        "llm = self._llm = vi.build_async_llm(args, on_config=configured.set_result)",
+        "llm = self._llm = vi.build_async_llm(args, on_config=on_config)",
         both(
             has(
                 "AsyncEngineArgs.from_cli_args",
@@ -267,6 +306,57 @@ USES = [
         both(
             code_uses("terminate_if_errored", "should_exit", "errored", "is_running"),
             code_uses("_engine_error_handler", "terminate_if_errored", "server"),
+        ),
+    ),
+    # config.py: the engine sized for the endpoint; one process for one CPU model worker
+    Use(
+        "handler/config.py",
+        "if not settings.cap_max_num_seqs or vi.batch_size_set(args):",
+        both(
+            dests("max_num_seqs", "cudagraph_capture_sizes", "max_cudagraph_capture_size", "compilation_config"),
+            dataclass_fields("_CompilationConfig", "cudagraph_capture_sizes", "max_cudagraph_capture_size"),
+        ),
+    ),
+    Use(
+        "handler/config.py",
+        "if settings.max_concurrency < vi.default_max_num_seqs(args):",
+        both(
+            takes("AsyncEngineArgs.get_batch_defaults", "world_size", count=1),
+            has("UsageContext.OPENAI_API_SERVER"),
+            dests("tensor_parallel_size", "pipeline_parallel_size"),
+        ),
+    ),
+    Use(
+        "handler/config.py",
+        "name, value = vi.CPU_SINGLE_PROCESS",
+        cpu_platform_keeps_uni_for("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+    ),
+    Use(
+        "handler/plan.py",
+        "uncapped = vi.capture_sizes(gpu_default_seqs, gpu_default_tokens)",
+        both(
+            has("_VllmConfig._set_cudagraph_sizes", "_CUDAGraphMode.FULL_AND_PIECEWISE"),
+            dataclass_fields("_CompilationConfig", "cudagraph_mode", "cudagraph_capture_sizes"),
+            code_uses(
+                "_VllmConfig._set_cudagraph_sizes",
+                "model_config",
+                "enforce_eager",
+                "scheduler_config",
+                "max_num_seqs",
+                "max_num_batched_tokens",
+                "uniform_decode_query_len",
+            ),
+        ),
+    ),
+    # builder/bake_vllm_cache.py: vLLM's model-class cache, filled at image build
+    Use(
+        "builder/bake_vllm_cache.py",
+        "inspected, failed = vi.inspect_model_classes()",
+        both(
+            has("_ModelRegistry.models", "_LazyRegisteredModel.inspect_model_cls", "_load_general_plugins"),
+            dataclass_fields("_LazyRegisteredModel", "module_name", "class_name"),
+            code_uses("_LazyRegisteredModel.inspect_model_cls", "_run_in_subprocess", "_save_modelinfo_to_cache"),
+            module_has("_LazyRegisteredModel", "_run_in_subprocess"),
         ),
     ),
     # flags.py: vLLM's serve parser builds the namespace
