@@ -408,9 +408,10 @@ def remove_tree(client: Any, image: str, path: Path) -> None:
         shutil.rmtree(path)
 
 
-def connect(image: str) -> tuple[Any, str]:
-    """The Docker client and the image's embedded model directory; exits 2
-    when there is no engine or no image."""
+def connect(image: str) -> tuple[Any, str, str]:
+    """The Docker client, the image's ID (every start runs that image, even if
+    the tag moves meanwhile) and its embedded model directory; exits 2 when
+    there is no engine or no image."""
     try:
         client = docker.from_env()
         client.ping()
@@ -427,8 +428,9 @@ def connect(image: str) -> tuple[Any, str]:
             file=sys.stderr,
         )
         sys.exit(2)
+    print(f"image {image}: {attrs['Id'].removeprefix('sha256:')[:12]}, built {attrs['Created'][:19]}", flush=True)
     env = dict(item.split("=", 1) for item in attrs["Config"].get("Env") or [])
-    return client, env.get("EMBEDDED_MODEL_DIR", "/models/SmolLM2-135M-Instruct")
+    return client, attrs["Id"], env.get("EMBEDDED_MODEL_DIR", "/models/SmolLM2-135M-Instruct")
 
 
 def show(label: str, start: Start) -> None:
@@ -464,7 +466,7 @@ def print_tables(results: dict[str, list[Start]], image: str, rounds: int, bias:
 
 
 def main(image: str, rounds: int, keep_logs: Path | None) -> int:
-    client, model_dir = connect(image)
+    client, image_id, model_dir = connect(image)
     if keep_logs is not None:
         keep_logs.mkdir(parents=True, exist_ok=True)
     bias = marks_bias()
@@ -473,10 +475,10 @@ def main(image: str, rounds: int, keep_logs: Path | None) -> int:
         volume = scratch / "volume"
         volume.mkdir()
         with stand_in() as (platform, url):
-            bench = Bench(client, image, model_dir, platform, url, volume, keep_logs, bias)
+            bench = Bench(client, image_id, model_dir, platform, url, volume, keep_logs, bias)
             results = measure_all(bench, rounds)
     finally:
-        remove_tree(client, image, scratch)
+        remove_tree(client, image_id, scratch)
     print_tables(results, image, rounds, bias)
     return 0
 
