@@ -3,12 +3,20 @@
 # phase by phase: three fresh `python3 -m handler run --timings` processes, one
 # streamed job of one token each, then one table.
 #
-#   1. cold, no volume: VOLUME_DIR at a directory that does not exist, vLLM's
-#      cache (VLLM_CACHE_ROOT) in a new empty directory;
+#   1. cold, no volume: VOLUME_DIR at a directory that does not exist, and
+#      vLLM's, Triton's, Inductor's and FlashInfer's caches (VLLM_CACHE_ROOT,
+#      TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR, FLASHINFER_WORKSPACE_BASE)
+#      in new empty directories, as in a fresh container: nothing an earlier
+#      run on this pod compiled is reused (the worker still copies the image's
+#      baked model-class facts into the vLLM cache it is given);
 #   2. first start on an empty volume: VOLUME_DIR at a new empty directory, and
-#      VLLM_CACHE_ROOT unset, so the worker keeps its caches on it (as on a
-#      RunPod network volume);
+#      those four unset, so the worker keeps its caches on it (as on a RunPod
+#      network volume);
 #   3. warm volume: the same again, the second start on that volume.
+# The Hugging Face cache is left as the pod has it (HF_HOME): a hub model the
+# pod has downloaded before is not downloaded again in the first scenario,
+# while the second downloads it onto the empty volume. The embedded model and
+# a model baked into the image need no download in any.
 #
 # The image does not hold bench/: copy this file to the pod (it needs nothing
 # else), then, on the pod:
@@ -24,7 +32,8 @@
 #   KV cache               = "init engine (profile, create kv cache, warmup model) took"
 #     of which torch.compile, CUDA graph capture and the profiling/warm-up run
 #     (GPU only: "torch.compile took", "Graph capturing finished in",
-#     "Initial profiling/warmup run took")
+#     "Initial profiling/warmup run took"), and whether the compiled graphs and
+#     vLLM's startup plan came from the cache
 #   engine-process start   = built - configured - weights - KV cache
 #   app                    = ready - built
 #   first token            = the first streamed item - ready
@@ -92,10 +101,13 @@ start() {
   fi
 }
 
-mkdir "$scratch/vllm-cache-empty"
-start cold VOLUME_DIR="$scratch/no-volume" VLLM_CACHE_ROOT="$scratch/vllm-cache-empty"
-start first -u VLLM_CACHE_ROOT VOLUME_DIR="$volume"
-start warm -u VLLM_CACHE_ROOT VOLUME_DIR="$volume"
+empty="$scratch/empty-caches"
+mkdir -p "$empty/vllm" "$empty/triton" "$empty/inductor" "$empty/flashinfer"
+start cold VOLUME_DIR="$scratch/no-volume" VLLM_CACHE_ROOT="$empty/vllm" TRITON_CACHE_DIR="$empty/triton" \
+  TORCHINDUCTOR_CACHE_DIR="$empty/inductor" FLASHINFER_WORKSPACE_BASE="$empty/flashinfer"
+on_volume=(-u VLLM_CACHE_ROOT -u TRITON_CACHE_DIR -u TORCHINDUCTOR_CACHE_DIR -u FLASHINFER_WORKSPACE_BASE VOLUME_DIR="$volume")
+start first "${on_volume[@]}"
+start warm "${on_volume[@]}"
 echo "==> the volume ($volume) holds: $(du -sh "$volume" | cut -f1)" >&2
 
 "$PYTHON" - "$scratch/cold.log" "$scratch/first.log" "$scratch/warm.log" <<'PY'
@@ -139,6 +151,18 @@ def compiled(log):
     return None
 
 
+def startup_plan(log):
+    """vLLM's saved KV-cache size (VLLM_ENABLE_STARTUP_PLAN, on with a volume):
+    applied, it skips the memory profiling."""
+    if "Applying persisted startup plan" in log:
+        return "applied"
+    if "Startup plan not applied" in log:
+        return "not applied"
+    if "Saved startup plan" in log:
+        return "saved"
+    return None
+
+
 def phases(log):
     found = MARKS.search(log)
     timings = TIMINGS.search(log)
@@ -168,6 +192,7 @@ def phases(log):
         "total: process start -> first token": first - BIAS if first is not None else None,
         "KV cache memory (GiB)": row["kv memory"],
         "compiled graphs": compiled(log),
+        "startup plan (KV cache size)": startup_plan(log),
     }
 
 
