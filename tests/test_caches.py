@@ -139,3 +139,15 @@ def test_seeding_copies_only_what_differs(tmp_path):
     assert (cache / "modelinfos" / ENTRY).read_text() == (source / "modelinfos" / ENTRY).read_text()
     assert caches.seed(source, source) == 0, "the baked cache itself"
     assert caches.seed(tmp_path / "absent", cache) == 0
+
+
+def test_the_runpod_sdk_logs_at_info_unless_told_otherwise(tmp_path):
+    environ: dict[str, str] = {}
+    environment.prepare(settings(tmp_path, volume=False), environ)
+    assert environ["RUNPOD_LOG_LEVEL"] == "INFO", "its DEBUG default logs every poll for jobs"
+    environ = {"RUNPOD_LOG_LEVEL": "DEBUG"}
+    environment.prepare(settings(tmp_path, volume=False), environ)
+    assert environ["RUNPOD_LOG_LEVEL"] == "DEBUG"
+    environ = {"RUNPOD_DEBUG_LEVEL": "WARN"}  # the SDK's older name, which RUNPOD_LOG_LEVEL would override
+    environment.prepare(settings(tmp_path, volume=False), environ)
+    assert environ["RUNPOD_DEBUG_LEVEL"] == "WARN" and "RUNPOD_LOG_LEVEL" not in environ

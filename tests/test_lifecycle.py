@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -140,3 +141,14 @@ async def test_the_engine_is_sized_for_the_endpoint_and_one_process_runs_the_mod
     engine_cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
     assert len(engine_cores) == 1, engine_cores
     assert engine_cores[0].children() == [], "no separate model-worker process"
+
+
+def test_boot_marks_count_from_the_process_start():
+    """``since_process_start`` reads the process's start from /proc to 10 ms;
+    psutil's figure rounds the boot time to whole seconds, so the two agree
+    within a second, and the exact one is never later than psutil's."""
+    from handler.engine import since_process_start
+
+    exact = since_process_start()
+    rounded = time.time() - psutil.Process().create_time()
+    assert 0 < exact <= rounded + 0.05 and rounded - exact < 1.0, (exact, rounded)
