@@ -176,6 +176,7 @@ def serve_runpod() -> int:
     checks = fitness.Checks() if fitness.wanted(os.environ, sys.argv[1:]) else None
     worker = build_worker()
     worker.engine.build_early(before_engine=checks.verdict if checks else None)
+    worker.engine.wait_for_engine_process()  # no import beside vLLM's fork of it
     from . import runpod_sdk
 
     if checks is not None:

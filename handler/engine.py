@@ -85,6 +85,7 @@ class Engine:
         self._build_began: float | None = None
         self._marks: dict[str, float] = {}
         self._before_engine: Callable[[], object] | None = None
+        self._engine_started: Callable[[], bool] = lambda: False
         self._on_sigterm: Callable[[int, Any], None] | None = None
 
     @property
@@ -212,8 +213,8 @@ class Engine:
         self.mark("build_began")
         config = self.config or engine_config(self.settings, self.environ)
         args = config.args
-        for name, value in config.environment.items():  # read by vLLM during the build
-            os.environ.setdefault(name, value)
+        # read by vLLM during the build; the user's values win
+        environment = {name: os.environ.setdefault(name, value) for name, value in config.environment.items()}
         logger.info(config.describe())
         if uses_embedded_model(args, self.settings):
             embedded_model.prepare(self.settings.embedded_model_dir)
@@ -226,15 +227,18 @@ class Engine:
         atexit.register(self._stop_llm)
         built = threading.Event()
         configured: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        before = child_processes()
+        self._engine_started = lambda: configured.done() and bool(started_since(before))
 
         def on_config(vllm_config: Any) -> None:
             self.mark("configured")
+            os.environ.update(environment)  # vLLM's configuration may have set some (the CPU's start method)
             configured.set_result(vllm_config)
             if self._before_engine is not None:
                 self._before_engine()
 
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
-            drafting = pool.submit(draft_beside, args, built, child_processes(), configured)
+            drafting = pool.submit(draft_beside, args, built, self._engine_started, configured)
             try:
                 llm = self._llm = vi.build_async_llm(args, on_config=on_config)
                 self.mark("built")
@@ -244,6 +248,17 @@ class Engine:
                     configured.set_result(None)
             draft = drafting.result()
         return args, llm, draft
+
+    def wait_for_engine_process(self) -> None:
+        """Return once the early build has started vLLM's engine process, or
+        has ended. vLLM forks that process where it can (on a GPU, and on
+        the CPU with one model worker, config.py): a fork while another
+        thread of this process is importing a module can leave the child
+        waiting forever on that module's lock. So the production entrypoint
+        imports and starts the runpod SDK only after this, and the app's
+        import beside the build (``draft_beside``) waits for the same."""
+        while (early := self._early) is not None and not early.done() and not self._engine_started():
+            time.sleep(0.02)
 
     async def _start(self) -> Ready:
         began = self._build_began or time.perf_counter()
@@ -336,16 +351,34 @@ def child_processes() -> set[int]:
     return {child.pid for child in psutil.Process().children()}
 
 
+def started_since(before: set[int]) -> set[int]:
+    """The processes this one has started since ``before`` was taken, but
+    for multiprocessing's resource tracker (a helper it starts before a
+    process that shares memory, not the process itself)."""
+    import psutil
+
+    started = set()
+    for child in psutil.Process().children():
+        try:
+            if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline()):
+                started.add(child.pid)
+        except psutil.Error:  # ended meanwhile
+            pass
+    return started
+
+
 def draft_beside(
-    args: Namespace, built: threading.Event, before: set[int], configured: concurrent.futures.Future[Any]
+    args: Namespace,
+    built: threading.Event,
+    engine_started: Callable[[], bool],
+    configured: concurrent.futures.Future[Any],
 ) -> Draft:
     """The app's start-up work that needs no engine, done while the engine
-    builds (in a thread), once the build has started a process or has ended.
-    The first process is EngineCore's, unless vLLM's cache of model-class
-    facts (``VLLM_CACHE_ROOT``/modelinfos) is cold: then it is vLLM's
-    model-inspection subprocess, run while the configuration is made (about
-    10 s on a 2-core machine), and the steps below that need the
-    configuration wait for it:
+    builds (in a thread), once the build has started vLLM's engine process
+    (after the configuration, so not vLLM's model-inspection subprocess,
+    which runs during it when its cache is cold) or has ended. Not earlier:
+    vLLM may fork its engine process, and must not do so while this thread
+    imports (``Engine.wait_for_engine_process``). The steps:
 
     - import vLLM's OpenAI app (``vi.load_app``);
     - fill vLLM's chat-template caches that the app's renderer warm-up reads
@@ -357,16 +390,16 @@ def draft_beside(
       dropped later is not collected: the build's few objects in flight (the
       boot unfreezes the heap if it does not use the app built here).
 
-    ``before``: the children this process had already; ``configured``: the
-    engine's ``VllmConfig`` (None if the build failed before it). While a
-    process it started runs, the build thread mostly waits for it, so this
-    work costs the boot little; before one, the two threads would contend
-    for the interpreter on the boot's critical path.
+    ``engine_started``: whether the build has started the engine process;
+    ``configured``: the engine's ``VllmConfig`` (None if the build failed
+    before it). While that process runs, the build thread mostly waits for
+    it, so this work costs the boot little; before it, the two threads would
+    contend for the interpreter on the boot's critical path.
 
     Only ``load_app``'s failure is raised (the boot reports it); the rest is
     an optimisation, and what fails here is done again, and reported, after
     the build."""
-    while not built.wait(0.02) and not child_processes() - before:
+    while not built.wait(0.02) and not engine_started():
         pass
     if configured.done() and configured.result() is None:
         return Draft()  # the build failed before its configuration: its error is what matters

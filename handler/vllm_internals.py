@@ -247,11 +247,18 @@ _assigns(
 )
 
 
-# The variable (and value) that keeps vLLM's single-process executor ("uni")
-# on the CPU: its platform turns "uni" into "mp", a separate process for the
-# model, unless this is "0" (CpuPlatform.check_and_update_config; the contract
-# test reads it there). AsyncLLM still runs EngineCore in its own process.
-CPU_SINGLE_PROCESS = ("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# vLLM's environment for one model worker on the CPU, from its platform's
+# configuration step (CpuPlatform.check_and_update_config; the contract test
+# reads both rules there):
+# - its platform turns the single-process executor ("uni") into "mp", a
+#   separate process for the model, unless VLLM_ENABLE_V1_MULTIPROCESSING is
+#   "0" (AsyncLLM still runs EngineCore in its own process);
+# - it sets VLLM_WORKER_MULTIPROC_METHOD to "spawn", for the OpenMP set-up of
+#   the mp executor's worker processes, which the single-process executor
+#   does not start; "fork", vLLM's own default elsewhere, starts EngineCore
+#   without importing torch and vLLM again (the worker sets it back after
+#   that step).
+CPU_SINGLE_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_WORKER_MULTIPROC_METHOD": "fork"}
 
 
 def batch_size_set(args: Namespace) -> bool:

@@ -281,5 +281,8 @@ def test_one_cpu_model_worker_runs_in_vllms_single_process_executor(tmp_path):
     if not vi.current_platform.is_cpu():
         pytest.skip("vLLM picks the single-process executor for one GPU itself")
     settings = settings_for(tmp_path)
-    assert config.engine_config(settings, {}).environment == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert config.engine_config(settings, {}).environment == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_WORKER_MULTIPROC_METHOD": "fork",
+    }
     assert config.engine_config(settings, {"DATA_PARALLEL_SIZE": "2"}).environment == {}

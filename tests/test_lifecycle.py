@@ -130,7 +130,8 @@ async def test_the_engine_is_sized_for_the_endpoint_and_one_process_runs_the_mod
     yet a job asking for more sequences than that still gets them all (the
     rest wait for a slot in vLLM's scheduler); and on the CPU the model runs
     inside EngineCore's process (vLLM's single-process executor), so
-    EngineCore starts no model-worker process of its own."""
+    EngineCore starts no model-worker process of its own, and EngineCore
+    was forked, not spawned."""
     ready = worker.engine.ready
     assert ready.args.max_num_seqs == worker.settings.max_concurrency == 30
     body = {"model": ready.served_model, "prompt": "1, 2, 3,", "n": 31, "max_tokens": 2, "temperature": 1}
@@ -141,6 +142,12 @@ async def test_the_engine_is_sized_for_the_endpoint_and_one_process_runs_the_mod
     engine_cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
     assert len(engine_cores) == 1, engine_cores
     assert engine_cores[0].children() == [], "no separate model-worker process"
+    # ... and forked: a forked process keeps the environment block this one
+    # was started with, while a spawned one gets the environment of the
+    # moment, in which the build had set VLLM_ENABLE_V1_MULTIPROCESSING
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in psutil.Process().environ(), "set by the build, not by the test"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_cores[0].environ(), "EngineCore was spawned"
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork", "set back after vLLM's CPU configuration"
 
 
 def test_boot_marks_count_from_the_process_start():

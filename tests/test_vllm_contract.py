@@ -180,18 +180,24 @@ def module_has(path: str, *names: str) -> Callable[[ModuleType], None]:
     return check
 
 
-def cpu_platform_keeps_uni_for(variable: str, value: str) -> Callable[[ModuleType], None]:
-    """vLLM's CPU platform keeps the single-process executor when ``variable``
-    is ``value``: its config check reads that variable beside "uni"."""
+def cpu_platform_rules() -> Callable[[ModuleType], None]:
+    """The two rules of vLLM's CPU configuration step that vi.CPU_SINGLE_PROCESS
+    answers: it keeps the single-process executor when
+    VLLM_ENABLE_V1_MULTIPROCESSING is "0", and it sets the start method to
+    spawn (which the engine build sets back to fork after that step)."""
 
     def check(vi: ModuleType) -> None:
         assert vi.current_platform.is_cpu(), "the contract tests run on vLLM's CPU build"
-        source = inspect.getsource(type(vi.current_platform).check_and_update_config)
-        assert f'"{variable}", "1") == "1"' in source.replace("'", '"') and '== "uni"' in source, (
-            f"vLLM's CpuPlatform.check_and_update_config no longer keeps 'uni' when {variable}={value}"
+        assert vi.CPU_SINGLE_PROCESS == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_WORKER_MULTIPROC_METHOD": "fork"}
+        source = inspect.getsource(type(vi.current_platform).check_and_update_config).replace("'", '"')
+        assert '"VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "1"' in source and '== "uni"' in source, (
+            "vLLM's CpuPlatform.check_and_update_config no longer keeps 'uni' when VLLM_ENABLE_V1_MULTIPROCESSING=0"
+        )
+        assert 'os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"' in source, (
+            "vLLM's CpuPlatform.check_and_update_config no longer sets the start method"
         )
 
-    check.__doc__ = f"CpuPlatform keeps uni when {variable}={value}"
+    check.__doc__ = "CpuPlatform's executor and start-method rules"
     return check
 
 
@@ -328,8 +334,8 @@ USES = [
     ),
     Use(
         "handler/config.py",
-        "name, value = vi.CPU_SINGLE_PROCESS",
-        cpu_platform_keeps_uni_for("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+        "config.environment.update(vi.CPU_SINGLE_PROCESS)",
+        cpu_platform_rules(),
     ),
     Use(
         "handler/plan.py",
