@@ -74,14 +74,7 @@ RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf,required=false \
  && python3 -m pip install --no-cache-dir -r builder/requirements.txt \
  && python3 -m pip install --no-cache-dir --no-deps -r builder/requirements-nodeps.txt
 
-# 2. vLLM's cache of model-class facts, for every architecture vLLM lists: a
-#    boot of the image then starts no model-inspection subprocess, whichever
-#    model it serves. It depends on vLLM alone, so it comes before the model.
-COPY builder/bake_vllm_cache.py builder/
-COPY handler/__init__.py handler/vllm_internals.py handler/
-RUN python3 builder/bake_vllm_cache.py --dest /models/vllm-cache
-
-# 3. The model. Optional baking: docker build --build-arg MODEL_NAME=org/model \
+# 2. The model. Optional baking: docker build --build-arg MODEL_NAME=org/model \
 #      --secret id=HF_TOKEN,env=HF_TOKEN .
 #    Without MODEL_NAME the embedded default model is prepared instead, which is
 #    what handler/embedded_model.py (and nothing else of handler/) is copied for.
@@ -99,6 +92,14 @@ COPY handler/embedded_model.py handler/
 # or in the image's environment.
 RUN --mount=type=secret,id=HF_TOKEN,required=false \
     python3 builder/download_model.py --dest /models --token-file /run/secrets/HF_TOKEN
+
+# 3. vLLM's cache of model-class facts, for every architecture vLLM lists: a
+#    boot of the image then starts no model-inspection subprocess, whichever
+#    model it serves. After the model, so that a change to the worker's
+#    vllm_internals.py reruns this (seconds), not the model's download.
+COPY builder/bake_vllm_cache.py builder/
+COPY handler/__init__.py handler/vllm_internals.py handler/
+RUN python3 builder/bake_vllm_cache.py --dest /models/vllm-cache
 
 # 4. The worker's code.
 COPY handler/ handler/

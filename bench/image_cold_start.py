@@ -447,7 +447,11 @@ def print_tables(results: dict[str, list[Start]], image: str, rounds: int) -> No
     print("\n".join(summary(results)))
     print("\neach worker row against its bare row in the same round")
     print("\n".join(paired(results)))
-    print("\nthe worker's boot, phase by phase (median seconds; '-': a log line was missing)")
+    print(
+        "\nthe worker's boot, phase by phase (median seconds; '-': a log line was missing; model inspection is "
+        "vLLM's whole configuration step; engine-process start is the rest of the build, the wait for the "
+        "fitness checks included)"
+    )
     print("\n".join(phase_table(results)))
 
 

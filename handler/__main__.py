@@ -234,7 +234,7 @@ def serve_playground(args: argparse.Namespace) -> int:
 
 
 def print_plan(args: argparse.Namespace) -> int:
-    from . import plan
+    from . import flags, plan
     from .settings import Settings
 
     try:
@@ -253,9 +253,12 @@ def print_plan(args: argparse.Namespace) -> int:
         print(f"plan: {error}", file=sys.stderr)
         return 2
     print(report)
+    # the engine flags as vLLM's parser reads them (a bad value: ConfigError, one line)
+    environ = {**os.environ, **({"MAX_NUM_SEQS": args.max_num_seqs} if args.max_num_seqs else {})}
+    engine_args = flags.parse(environ).args
     settings = Settings.from_env()
-    max_num_seqs = int(args.max_num_seqs) if args.max_num_seqs else None
-    print("\n".join(["", *plan.cuda_graph_lines(max_num_seqs, settings.max_concurrency, settings.cap_max_num_seqs)]))
+    lines = plan.cuda_graph_lines(engine_args, settings.max_concurrency, settings.cap_max_num_seqs)
+    print("\n".join(["", *lines]))
     return 0
 
 

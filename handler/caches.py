@@ -22,12 +22,15 @@ Values the user sets win, as always.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import logging
 import os
 import platform
 import re
 import subprocess
+import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -46,6 +49,7 @@ VOLUME_CACHES = {
 # vLLM's saved KV-cache size (vllm/v1/worker/startup_plan.py): the second boot on
 # a device skips the memory profiling. Off in vLLM by default.
 STARTUP_PLAN = "VLLM_ENABLE_STARTUP_PLAN"
+GPU_DEVICE = "/dev/nvidiactl"  # the NVIDIA driver's control node, in any container given a GPU
 
 
 def place(settings: Settings, environ: MutableMapping[str, str]) -> None:
@@ -54,42 +58,95 @@ def place(settings: Settings, environ: MutableMapping[str, str]) -> None:
     volume = settings.volume_dir
     if volume.is_dir():
         environ.setdefault("HF_HOME", str(volume / "huggingface-cache"))
-        directory = volume / "vllm-cache" / device_key(device_name(), version("vllm"), version("torch"))
-        for name, sub in VOLUME_CACHES.items():
-            environ.setdefault(name, str(directory / sub) if sub else str(directory))
-        environ.setdefault(STARTUP_PLAN, "1")
+        directory = device_directory(volume / "vllm-cache")
+        if directory is not None:
+            for name, sub in VOLUME_CACHES.items():
+                environ.setdefault(name, str(directory / sub) if sub else str(directory))
+            environ.setdefault(STARTUP_PLAN, "1")
         logger.info(
-            "network volume %s: HF_HOME=%s, VLLM_CACHE_ROOT=%s", volume, environ["HF_HOME"], environ["VLLM_CACHE_ROOT"]
+            "network volume %s: HF_HOME=%s, VLLM_CACHE_ROOT=%s",
+            volume,
+            environ["HF_HOME"],
+            environ.get("VLLM_CACHE_ROOT", "(vLLM's default)"),
         )
-    elif settings.baked_vllm_cache.is_dir():
-        environ.setdefault("VLLM_CACHE_ROOT", str(settings.baked_vllm_cache))
+    if not environ.get("VLLM_CACHE_ROOT") and settings.baked_vllm_cache.is_dir():
+        environ["VLLM_CACHE_ROOT"] = str(settings.baked_vllm_cache)
     if environ.get("VLLM_CACHE_ROOT"):
         seed(settings.baked_vllm_cache, Path(environ["VLLM_CACHE_ROOT"]))
+
+
+def device_directory(root: Path) -> Path | None:
+    """This device type's directory under ``root``, or None where the caches
+    must not go on the volume: a GPU whose name cannot be read (its
+    artifacts would mix with another type's), or a volume that cannot be
+    written (vLLM would fail to create its directories)."""
+    device = device_name()
+    if device is None:
+        logger.warning("a GPU is present but nvidia-smi does not name it: vLLM's caches stay off the volume")
+        return None
+    directory = root / device_key(device, version("vllm"), version("torch"))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        logger.warning("cannot write to %s (%s): vLLM's caches stay off the volume", directory, error)
+        return None
+    return directory
 
 
 def seed(baked: Path, cache: Path) -> int:
     """Copy the baked model-class facts into ``cache`` where it lacks them or
     holds others (vLLM checks each entry against its model file's hash, so a
-    baked entry is right for this image's vLLM). Returns how many it copied."""
+    baked entry is right for this image's vLLM). A marker named after the
+    baked entries' digest records a complete copy, so the next boot on a
+    network volume reads one name there, not every entry. Returns how many
+    entries it copied."""
     source = baked / MODEL_INFOS
-    if not source.is_dir() or source.resolve() == (cache / MODEL_INFOS).resolve():
+    target_dir = cache / MODEL_INFOS
+    if not source.is_dir() or source.resolve() == target_dir.resolve():
         return 0
-    copied = 0
+    entries = {entry.name: entry.read_bytes() for entry in sorted(source.glob("*.json"))}
+    digest = hashlib.sha256(b"".join(name.encode() + b"\0" + data for name, data in entries.items())).hexdigest()
+    marker = target_dir / f".baked-{digest[:16]}"
+    if marker.exists():
+        return 0
+    copied = failed = 0
     try:
-        (cache / MODEL_INFOS).mkdir(parents=True, exist_ok=True)
-        for entry in source.glob("*.json"):
-            target = cache / MODEL_INFOS / entry.name
-            data = entry.read_bytes()
-            if not target.is_file() or target.read_bytes() != data:
-                partial = target.with_name(f".{target.name}.{os.getpid()}")
-                partial.write_bytes(data)
-                partial.replace(target)  # atomic: another worker on the volume may read it now
-                copied += 1
+        target_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a read-only or full cache: vLLM inspects as it would without us
         logger.warning("could not copy the baked model-class facts into %s: %s", cache, error)
+        return 0
+    for name, data in entries.items():
+        try:
+            copied += _write_if_changed(target_dir / name, data)
+        except OSError:
+            failed += 1
+    if failed:
+        logger.warning("could not copy %d baked model-class fact(s) into %s", failed, target_dir)
+    else:
+        marker.touch()
     if copied:
-        logger.info("copied %d baked model-class fact(s) into %s", copied, cache / MODEL_INFOS)
+        logger.info("copied %d baked model-class fact(s) into %s", copied, target_dir)
     return copied
+
+
+def _write_if_changed(target: Path, data: bytes) -> int:
+    """Write ``data`` to ``target`` unless it holds it already, atomically:
+    other workers on the same volume may read it meanwhile, or write it."""
+    if target.is_file() and target.read_bytes() == data:
+        return 0
+    descriptor, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return 1
 
 
 def device_key(device: str, vllm_version: str, torch_version: str) -> str:
@@ -102,18 +159,19 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text.strip()).strip("-") or "unknown"
 
 
-def device_name() -> str:
+def device_name() -> str | None:
     """The first GPU's name as ``nvidia-smi`` reports it (a query that starts
-    no CUDA context in this process), or ``cpu-<machine>`` without one."""
+    no CUDA context in this process); ``cpu-<machine>`` without a GPU; None
+    where there is one (an NVIDIA device node) that it does not name."""
     command = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=5)
+        names = [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired):
-        return f"cpu-{platform.machine()}"
-    names = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    if result.returncode != 0 or not names:
-        return f"cpu-{platform.machine()}"
-    return names[0]
+        names = []
+    if names:
+        return names[0]
+    return None if Path(GPU_DEVICE).exists() else f"cpu-{platform.machine()}"
 
 
 def version(package: str) -> str:

@@ -272,7 +272,8 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
     if os.path.isdir(args.model):
         check_parallelism(args)
     size_batch(args, settings)
-    if on_cpu() and args.tensor_parallel_size * args.pipeline_parallel_size * args.data_parallel_size == 1:
+    one_worker = args.tensor_parallel_size * args.pipeline_parallel_size * args.data_parallel_size == 1
+    if on_cpu() and one_worker and environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0":
         # One model worker on the CPU: vLLM's single-process executor, which
         # runs the model inside EngineCore's process, as vLLM does for one
         # GPU (on the CPU vLLM otherwise spawns a second process for it), and
@@ -298,7 +299,8 @@ def size_batch(args: Namespace, settings: Settings) -> None:
 
     if not settings.cap_max_num_seqs or vi.batch_size_set(args):
         return
-    if settings.max_concurrency < vi.default_max_num_seqs(args):
+    default = vi.default_max_num_seqs(args)
+    if default is not None and settings.max_concurrency < default:
         args.max_num_seqs = settings.max_concurrency
 
 

@@ -216,6 +216,8 @@ class Engine:
         # read by vLLM during the build; the user's values win
         environment = {name: os.environ.setdefault(name, value) for name, value in config.environment.items()}
         logger.info(config.describe())
+        if environment:
+            logger.info("vLLM environment for this engine: %s", environment)
         if uses_embedded_model(args, self.settings):
             embedded_model.prepare(self.settings.embedded_model_dir)
         elif not os.path.isdir(args.model):
@@ -233,9 +235,9 @@ class Engine:
         def on_config(vllm_config: Any) -> None:
             self.mark("configured")
             os.environ.update(environment)  # vLLM's configuration may have set some (the CPU's start method)
-            configured.set_result(vllm_config)
             if self._before_engine is not None:
-                self._before_engine()
+                self._before_engine()  # may raise: then the side thread imports nothing
+            configured.set_result(vllm_config)
 
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vllm-app") as pool:
             drafting = pool.submit(draft_beside, args, built, self._engine_started, configured)

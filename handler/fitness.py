@@ -18,6 +18,7 @@ Only where the SDK itself would run the checks: on RunPod
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import subprocess
@@ -60,6 +61,11 @@ class Checks:
         self.failures: list[str] = []
         self._relay = threading.Thread(target=self._pass_on, name="fitness-checks", daemon=True)
         self._relay.start()
+        atexit.register(self._end)  # a worker that stops early (a bad setting) leaves no checks running
+
+    def _end(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
 
     def _pass_on(self) -> None:
         assert self.process.stdout is not None

@@ -192,8 +192,7 @@ class EngineConfig:
 
     def describe(self) -> str:
         """The effective engine configuration as one log line, secrets redacted."""
-        environment = f"; vLLM environment defaults {self.environment}" if self.environment else ""
-        return f"engine configuration (vLLM {vi.vllm_version}): {redact(self.non_default())}{environment}"
+        return f"engine configuration (vLLM {vi.vllm_version}): {redact(self.non_default())}"
 
 
 def collect_env(environ: Mapping[str, str], table: Mapping[str, Flag]) -> dict[str, str]:

@@ -676,27 +676,39 @@ def _footnotes(plan: Plan) -> list[str]:
     ]
 
 
-def cuda_graph_lines(max_num_seqs: int | None, max_concurrency: int, capped: bool) -> list[str]:
+def cuda_graph_lines(args: Any, max_concurrency: int, capped: bool) -> list[str]:
     """Which batch sizes vLLM will capture CUDA graphs for at boot, computed
-    by vLLM's own config code (``vi.capture_sizes``), for the worker's
-    ``max_num_seqs``: ``MAX_NUM_SEQS`` when set, else ``MAX_CONCURRENCY``
-    (config.size_batch), else vLLM's default (256 or more on a GPU)."""
+    by vLLM's own config code (``vi.capture_sizes``), for the serve
+    namespace ``args`` (the environment, parsed by vLLM's parser) and the
+    worker's cap (config.size_batch): ``MAX_NUM_SEQS`` when set, else
+    ``MAX_CONCURRENCY`` where that is below vLLM's default for the GPU, else
+    vLLM's default."""
     from . import vllm_internals as vi
 
-    # vLLM's smallest GPU default (get_batch_defaults); larger ones capture the same sizes
+    # vLLM's GPU defaults (EngineArgs.get_batch_defaults): 256 sequences and
+    # 2048 tokens on cards under 70 GB and A100s, 1024 on larger ones, which
+    # capture the same sizes
     gpu_default_seqs, gpu_default_tokens = 256, 2048
     uncapped = vi.capture_sizes(gpu_default_seqs, gpu_default_tokens)
-    seqs = max_num_seqs or (max_concurrency if capped else None)
-    if seqs is None or seqs >= gpu_default_seqs:
-        why = f"MAX_NUM_SEQS={max_num_seqs}" if max_num_seqs else "vLLM's default max_num_seqs"
-        sizes = vi.capture_sizes(seqs, gpu_default_tokens) if seqs else uncapped
+    head = f"CUDA graphs (vLLM {vi.vllm_version}):"
+    if args.enforce_eager:
+        return [f"{head} ENFORCE_EAGER is set, so vLLM captures none."]
+    if vi.batch_size_set(args) and args.max_num_seqs is None:
         return [
-            f"CUDA graphs (vLLM {vi.vllm_version}): {why}, so vLLM captures {len(sizes)} batch sizes, up to {sizes[-1]}."
+            f"{head} capture sizes set (CUDAGRAPH_CAPTURE_SIZES, MAX_CUDAGRAPH_CAPTURE_SIZE or COMPILATION_CONFIG)."
         ]
+    if args.max_num_seqs is not None:
+        seqs, why = args.max_num_seqs, f"MAX_NUM_SEQS={args.max_num_seqs}"
+    elif capped and max_concurrency < gpu_default_seqs:
+        seqs, why = max_concurrency, f"max_num_seqs capped at MAX_CONCURRENCY={max_concurrency}"
+    else:
+        why = "vLLM's default max_num_seqs" + ("" if capped else " (CAP_MAX_NUM_SEQS=false)")
+        return [f"{head} {why}, so vLLM captures {len(uncapped)} batch sizes, up to {uncapped[-1]}."]
     sizes = vi.capture_sizes(seqs, gpu_default_tokens)
-    why = f"MAX_NUM_SEQS={seqs}" if max_num_seqs else f"max_num_seqs capped at MAX_CONCURRENCY={seqs}"
+    if len(sizes) >= len(uncapped):
+        return [f"{head} {why}, so vLLM captures {len(sizes)} batch sizes, up to {sizes[-1]}."]
     return [
-        f"CUDA graphs (vLLM {vi.vllm_version}): {why}, so vLLM captures {len(sizes)} batch sizes at boot:",
+        f"{head} {why}, so vLLM captures {len(sizes)} batch sizes at boot:",
         f"  {', '.join(map(str, sizes))}.",
         f"  With vLLM's default max_num_seqs (CAP_MAX_NUM_SEQS=false) it captures {len(uncapped)}, up to {uncapped[-1]}",
         "  (data-centre Blackwell GPUs: up to 1024). Enforce-eager mode captures none.",

@@ -277,10 +277,19 @@ def batch_size_set(args: Namespace) -> bool:
     )
 
 
-def default_max_num_seqs(args: Namespace) -> int:
+# vLLM's CUDA platform where NVML is unavailable (Jetson, WSL): it asks torch
+# for the device's memory, which starts CUDA (the contract test reads the name).
+_CUDA_WITHOUT_NVML = "NonNvmlCudaPlatform"
+
+
+def default_max_num_seqs(args: Namespace) -> int | None:
     """The ``max_num_seqs`` vLLM's OpenAI server picks on this machine when
     none is set (``EngineArgs.get_batch_defaults``: it reads the device's
-    memory through NVML, which starts no CUDA context)."""
+    memory through NVML, which starts no CUDA context). None where reading
+    it would start CUDA in this process (vLLM would then spawn its engine
+    process instead of forking it)."""
+    if type(current_platform).__name__ == _CUDA_WITHOUT_NVML:
+        return None
     world_size = args.tensor_parallel_size * args.pipeline_parallel_size
     _, max_num_seqs = AsyncEngineArgs.get_batch_defaults(world_size)
     return int(max_num_seqs[UsageContext.OPENAI_API_SERVER])

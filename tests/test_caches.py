@@ -129,16 +129,45 @@ def test_without_a_volume_the_baked_cache_is_vllms(tmp_path):
     assert "VLLM_CACHE_ROOT" not in environ, "vLLM's own default"
 
 
-def test_seeding_copies_only_what_differs(tmp_path):
+def test_seeding_copies_what_differs_once(tmp_path):
     source = baked(tmp_path)
     cache = tmp_path / "cache"
-    assert caches.seed(source, cache) == 1
-    assert caches.seed(source, cache) == 0, "already there"
+    (cache / "modelinfos").mkdir(parents=True)
     (cache / "modelinfos" / ENTRY).write_text("stale, from another vLLM")
     assert caches.seed(source, cache) == 1
     assert (cache / "modelinfos" / ENTRY).read_text() == (source / "modelinfos" / ENTRY).read_text()
+    hidden = [p.name for p in (cache / "modelinfos").iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 1 and hidden[0].startswith(".baked-"), "a marker of the copy, no temporary file left"
+    (cache / "modelinfos" / ENTRY).unlink()
+    assert caches.seed(source, cache) == 0, "the marker: a warm volume is not read entry by entry"
+    (source / "modelinfos" / "another.json").write_text("{}")
+    assert caches.seed(source, cache) == 2, "another bake: copied again"
     assert caches.seed(source, source) == 0, "the baked cache itself"
     assert caches.seed(tmp_path / "absent", cache) == 0
+
+
+def test_a_volume_that_cannot_be_written_keeps_vllms_caches_off_it(gpu, tmp_path):
+    gpu(H100)
+    (tmp_path / "volume").mkdir()
+    (tmp_path / "volume" / "vllm-cache").write_text("a file where the directory would go")
+    environ: dict[str, str] = {}
+    environment.prepare(settings(tmp_path), environ)
+    assert environ["VLLM_CACHE_ROOT"] == str(tmp_path / "baked"), "the baked cache instead"
+    assert "TRITON_CACHE_DIR" not in environ and "VLLM_ENABLE_STARTUP_PLAN" not in environ
+    assert environ["HF_HOME"] == str(tmp_path / "volume" / "huggingface-cache")
+
+
+def test_a_gpu_nvidia_smi_cannot_name_keeps_vllms_caches_off_the_volume(tmp_path, monkeypatch):
+    """Its artifacts would land in a directory another GPU type shares."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-nvidia-smi"))
+    node = tmp_path / "nvidiactl"
+    node.touch()
+    monkeypatch.setattr(caches, "GPU_DEVICE", str(node))
+    assert caches.device_name() is None
+    environ: dict[str, str] = {}
+    environment.prepare(settings(tmp_path), environ)
+    assert environ["VLLM_CACHE_ROOT"] == str(tmp_path / "baked")
+    assert not (tmp_path / "volume" / "vllm-cache").exists()
 
 
 def test_the_runpod_sdk_logs_at_info_unless_told_otherwise(tmp_path):

@@ -286,3 +286,5 @@ def test_one_cpu_model_worker_runs_in_vllms_single_process_executor(tmp_path):
         "VLLM_WORKER_MULTIPROC_METHOD": "fork",
     }
     assert config.engine_config(settings, {"DATA_PARALLEL_SIZE": "2"}).environment == {}
+    # the user's vLLM multiprocessing: vLLM's executor choice and its start method, both
+    assert config.engine_config(settings, {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}).environment == {}

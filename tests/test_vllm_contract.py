@@ -201,6 +201,44 @@ def cpu_platform_rules() -> Callable[[ModuleType], None]:
     return check
 
 
+def model_infos_directory(name: str) -> Callable[[ModuleType], None]:
+    """vLLM keeps its model-class facts in VLLM_CACHE_ROOT/<name> (caches.py seeds it)."""
+
+    def check(vi: ModuleType) -> None:
+        import vllm.envs
+
+        directory = resolve(vi, "_LazyRegisteredModel")._get_cache_dir()
+        assert directory == Path(vllm.envs.VLLM_CACHE_ROOT) / name, f"vLLM's model-class cache is now {directory}"
+
+    check.__doc__ = f"VLLM_CACHE_ROOT/{name}"
+    return check
+
+
+def vllm_env(name: str) -> Callable[[ModuleType], None]:
+    def check(vi: ModuleType) -> None:
+        import vllm.envs
+
+        assert name in vllm.envs.environment_variables, f"vLLM no longer reads {name}"
+
+    check.__doc__ = f"vLLM reads {name}"
+    return check
+
+
+def cuda_platform_without_nvml(name: str) -> Callable[[ModuleType], None]:
+    """vLLM's CUDA platform without NVML is still the class ``name`` (read
+    from its source: vllm.platforms.cuda does not import on the CPU build)."""
+
+    def check(vi: ModuleType) -> None:
+        import vllm.platforms
+
+        source = (Path(vllm.platforms.__file__).parent / "cuda.py").read_text()
+        assert f"class {name}(" in source, f"vLLM's CUDA platform without NVML is no longer {name}"
+        assert vi._CUDA_WITHOUT_NVML == name
+
+    check.__doc__ = f"vllm.platforms.cuda.{name}"
+    return check
+
+
 @cache
 def serve_dests() -> frozenset[str]:
     vi = internals()
@@ -325,7 +363,7 @@ USES = [
     ),
     Use(
         "handler/config.py",
-        "if settings.max_concurrency < vi.default_max_num_seqs(args):",
+        "default = vi.default_max_num_seqs(args)",
         both(
             takes("AsyncEngineArgs.get_batch_defaults", "world_size", count=1),
             has("UsageContext.OPENAI_API_SERVER"),
@@ -353,6 +391,13 @@ USES = [
                 "uniform_decode_query_len",
             ),
         ),
+    ),
+    Use("handler/caches.py", 'MODEL_INFOS = "modelinfos"', model_infos_directory("modelinfos")),
+    Use("handler/caches.py", 'STARTUP_PLAN = "VLLM_ENABLE_STARTUP_PLAN"', vllm_env("VLLM_ENABLE_STARTUP_PLAN")),
+    Use(
+        "handler/vllm_internals.py",
+        '_CUDA_WITHOUT_NVML = "NonNvmlCudaPlatform"',
+        cuda_platform_without_nvml("NonNvmlCudaPlatform"),
     ),
     # builder/bake_vllm_cache.py: vLLM's model-class cache, filled at image build
     Use(
