@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -38,7 +39,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The capital of France is"
@@ -179,23 +182,13 @@ def cpu_flags() -> list[str]:
 def measure_runpod(job: dict) -> dict[str, float]:
     """The production entrypoint under the runpod SDK, with ``job`` waiting in
     a stand-in for RunPod's queue: spawn -> the first stream post."""
-    import threading
-
-    import uvicorn
-
     sys.path.insert(0, str(ROOT / "tests"))
     from fake_runpod import FakeRunPod, worker_env
 
     platform = FakeRunPod()
     platform.queue.append({"id": "cold", **job})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(platform.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    env = {**_env(), "PYTHONPATH": str(ROOT), **worker_env(f"http://127.0.0.1:{port}")}
-    try:
+    with serving_on_loopback(platform.app()) as url:
+        env = {**_env(), "PYTHONPATH": str(ROOT), **worker_env(url)}
         with tempfile.TemporaryDirectory() as cwd:
             spawned = time.time()
             process = subprocess.Popen(
@@ -213,6 +206,24 @@ def measure_runpod(job: dict) -> dict[str, float]:
                 return {"wall": time.time() - spawned}
             finally:
                 stop(process)
+
+
+@contextlib.contextmanager
+def serving_on_loopback(app: Any) -> Iterator[str]:
+    """An ASGI app (the stand-in for RunPod's job API) served by uvicorn in a
+    thread on a free loopback port; its base URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join()

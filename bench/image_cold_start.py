@@ -43,7 +43,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,14 +52,13 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import uvicorn
 from docker.errors import DockerException, ImageNotFound
 from starlette.requests import Request
 from starlette.responses import Response
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from cold_start import JOB, PROMPT, cpu_flags, free_port  # noqa: E402 - bench/ is on the path as the script's dir
+from cold_start import JOB, PROMPT, cpu_flags, free_port, serving_on_loopback  # noqa: E402 - bench/ is on the path as the script's dir
 from fake_runpod import FakeRunPod, worker_env  # noqa: E402
 
 from handler.config import EMBEDDED_SERVED_NAME  # noqa: E402 - no vLLM import
@@ -125,17 +123,8 @@ class TimedRunPod(FakeRunPod):
 def stand_in() -> Iterator[tuple[TimedRunPod, str]]:
     """The stand-in for RunPod's job API, served on a loopback port."""
     platform = TimedRunPod()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(platform.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield platform, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
+    with serving_on_loopback(platform.app()) as url:
+        yield platform, url
 
 
 def started_at(text: str) -> float:
