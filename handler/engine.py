@@ -139,6 +139,7 @@ class Engine:
             # after FATAL_EXIT_DELAY_S even if the SDK's loop lingers
             try:
                 self._fail("the worker received SIGTERM and stopped the engine")
+                self._close_lifespan_soon()
             except RuntimeError:  # no event loop runs any more: nothing to fail
                 pass
             self._stop_llm()
@@ -150,6 +151,24 @@ class Engine:
 
         signal.signal(signal.SIGTERM, on_sigterm)
         self._on_sigterm = on_sigterm
+
+    def _close_lifespan_soon(self) -> None:
+        """Leave the app's lifespan in the event loop, soon (called from the
+        SIGTERM handler, hence through the loop's thread-safe door). Left
+        open, the loop's own teardown would close its generator mid-flight
+        when the runpod SDK's loop ends, and log a traceback."""
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def leave() -> None:
+            try:
+                await lifespan.__aexit__(None, None, None)
+            except Exception:  # noqa: BLE001 - best effort while stopping
+                logger.debug("lifespan shutdown failed", exc_info=True)
+
+        loop.call_soon_threadsafe(loop.create_task, leave())
 
     def _stop_llm(self) -> None:
         """Stop vLLM's engine processes. They are not children that die with

@@ -121,3 +121,33 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
     # in this process ran just the one check that reports that verdict
     assert "Running 3 fitness check(s)" in output and "Running 1 fitness check(s)" in output, output[:3000]
     assert output.count("All fitness checks passed") == 2
+
+
+async def test_sigterm_after_a_job_ends_the_worker_without_a_traceback(tmp_path):
+    """RunPod stops an idle worker with SIGTERM. The app's lifespan is left
+    in the event loop before the runpod SDK's loop ends; left open, the
+    loop's teardown closes it mid-flight and logs a traceback (it did once
+    the engine stopped fast enough for the loop to end before the worker's
+    own exit)."""
+    platform = FakeRunPod()
+    platform.queue.append({"id": "one", "input": {"prompt": "1, 2,", "sampling_params": GREEDY, "stream": True}})
+    log = tmp_path / "worker.log"
+    async with serving(platform.app()) as url:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **worker_env(url)}
+        with log.open("w") as log_file:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "handler"], cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        try:
+            await wait_for(lambda: "one" in platform.done, 240, log)
+            engine_processes = psutil.Process(worker.pid).children(recursive=True)
+            worker.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.wait, 30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    _, alive = psutil.wait_procs(engine_processes, timeout=15)
+    output = log.read_text()
+    assert not alive, f"vLLM processes outlived the worker: {alive}"
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output and "error occurred during closing" not in output, output[-3000:]
