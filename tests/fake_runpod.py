@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,9 +33,16 @@ def worker_env(url: str, pod_id: str = "worker-1") -> dict[str, str]:
 
 class FakeRunPod:
     """RunPod's worker-facing API as runpod 1.10 calls it: job-take, job-stop,
-    job-stream and job-done."""
+    job-stream and job-done.
 
-    def __init__(self) -> None:
+    ``hold_s`` holds job-take and job-stop open until there is something to
+    say, at most that long, as RunPod's blocking calls do; the default answers
+    an empty poll after a short pause, which keeps the tests' workers quick to
+    stop. bench/frontend.py holds, so that idle polling does not count as the
+    worker's CPU."""
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        self.hold_s = hold_s
         self.queue: list[dict] = []
         self.stop: list[str] = []
         self.streamed: dict[str, list] = {}
@@ -42,8 +50,7 @@ class FakeRunPod:
 
     async def take(self, request: Request) -> Response:
         """job-take (one job) and job-take-batch (up to batch_size, as a list)."""
-        if not self.queue:
-            await asyncio.sleep(0.05)
+        if not await self._wait_for(lambda: self.queue, 0.05):
             return Response(status_code=204)
         if "batch_size" not in request.query_params:
             return JSONResponse(self.queue.pop(0))
@@ -52,11 +59,22 @@ class FakeRunPod:
         return JSONResponse(jobs)
 
     async def stop_poll(self, request: Request) -> Response:
-        await asyncio.sleep(0.1)
-        if not self.stop:
+        if not await self._wait_for(lambda: self.stop, 0.1):
             return Response(status_code=204)
         ids, self.stop = self.stop, []
         return JSONResponse({"jobsToStop": ids})
+
+    async def _wait_for(self, something: Callable[[], list], pause_s: float) -> bool:
+        """Whether ``something`` is there: at once, after ``pause_s`` when
+        nothing holds, or as soon as it comes within ``hold_s``."""
+        if not self.hold_s:
+            if not something():
+                await asyncio.sleep(pause_s)
+            return bool(something())
+        deadline = asyncio.get_running_loop().time() + self.hold_s
+        while not something() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        return bool(something())
 
     async def stream(self, request: Request) -> Response:
         self.streamed.setdefault(request.path_params["job_id"], []).append(json.loads(await request.body()))

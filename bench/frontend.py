@@ -1,0 +1,540 @@
+"""The front end's CPU per token, on every path a token can take.
+
+On a GPU the engine makes tokens faster than any CPU, and everything between
+the engine and the client runs in one Python process: detokenisation, vLLM's
+OpenAI serving layer, the worker's own code, the runpod SDK's posts or the
+HTTP server. That process's CPU seconds per token are the worker's ceiling.
+
+The same load (16 concurrent chat completions of 128 greedy tokens,
+ignore_eos, the embedded model) goes, in rotated order each round, through:
+
+- vLLM's own server (`vllm.entrypoints.openai.api_server`), streamed: the
+  reference every ratio is taken against;
+- load-balancing mode (`python -m handler http`), streamed;
+- the local endpoint's OpenAI route (`python -m handler serve`), streamed;
+- the production queue worker (`python -m handler` under the runpod SDK),
+  against a stand-in for RunPod's job API that long-polls as RunPod's does:
+  OpenAI and native jobs, streamed and not (the stream posts included);
+- `AsyncLLM.generate` in a bare script: the floor for CPU per token, and the
+  ceiling for tokens/s.
+
+Every server runs at once with the same engine settings (the worker's CPU
+ones), so rounds interleave and machine noise hits each path alike. The CPU
+counted is the front-end process's own (user + system, all its threads), not
+EngineCore's: read from /proc around each round.
+
+`--profile` also runs one round of streamed OpenAI and native jobs through the
+production worker under cProfile and splits its CPU per token by layer (vLLM's
+share, the worker's, the SDK's). cProfile slows Python calls, so the split is
+a proportion, not a timing.
+
+    .venv/bin/python bench/frontend.py --rounds 3 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from cold_start import cpu_flags, embedded_dir, free_port, serving_on_loopback  # noqa: E402 - after the path
+
+from handler.config import EMBEDDED_SERVED_NAME as MODEL  # noqa: E402
+
+CONCURRENCY = 16
+TOKENS = 128
+MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+SAMPLING = {"max_tokens": TOKENS, "ignore_eos": True, "temperature": 0}
+REFERENCE = "vLLM's own server (vllm serve), streamed"
+FLOOR = "AsyncLLM.generate, no server (bare script)"
+TICK = os.sysconf("SC_CLK_TCK")
+# The worker's engine settings on the CPU (one model worker in EngineCore,
+# forked), given to vLLM's server and the bare script too: one engine, many fronts.
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_WORKER_MULTIPROC_METHOD": "fork"}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process (every thread of it, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "MAX_CONCURRENCY": "30",
+        **ENGINE_ENV,
+        **extra,
+    }
+
+
+class Process:
+    """A front-end process in the background, its log in a file."""
+
+    def __init__(self, command: list[str], environ: dict[str, str], cwd: Path = ROOT) -> None:
+        self.log = Path(tempfile.mkstemp(prefix="bench-frontend-", suffix=".log")[1])
+        with self.log.open("w") as log:
+            self.popen = subprocess.Popen(command, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def check(self) -> None:
+        if self.popen.poll() is not None:
+            tail = "".join(self.log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+            raise RuntimeError(f"{self.popen.args!r} exited {self.popen.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(60)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+# ---- paths over HTTP ----------------------------------------------------------------------------
+
+
+async def stream_chat(http: Any, url: str) -> int:
+    """One streamed chat completion; the tokens its usage reports."""
+    body = {"model": MODEL, "messages": MESSAGES, **SAMPLING, "stream": True, "stream_options": {"include_usage": True}}
+    tokens = 0
+    async with http.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {(await response.aread())[:300]!r}")
+        async for line in response.aiter_lines():
+            if line.startswith("data: {") and '"usage"' in line:
+                usage = json.loads(line[6:]).get("usage")
+                tokens = usage["completion_tokens"] if usage else tokens
+    return tokens
+
+
+class HTTPPath:
+    def __init__(self, process: Process, url: str, ready_path: str) -> None:
+        self.process = process
+        self.url = url
+        self.ready_url = url.split("/", 3)[:3]
+        self.ready_path = ready_path
+
+    async def ready(self, http: Any) -> None:
+        base = "/".join(self.ready_url)
+        while True:
+            self.process.check()
+            with contextlib.suppress(Exception):
+                if (await http.get(base + self.ready_path)).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+
+    async def round(self, http: Any) -> int:
+        counts = await asyncio.gather(*(stream_chat(http, self.url) for _ in range(CONCURRENCY)))
+        return sum(counts)
+
+
+def vllm_server(port: int) -> HTTPPath:
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_dir())]
+    command += ["--served-model-name", MODEL, *cpu_flags(), "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--max-num-seqs", "30", "--disable-uvicorn-access-log"]
+    process = Process(command, env())
+    return HTTPPath(process, f"http://127.0.0.1:{port}/v1/chat/completions", "/health")
+
+
+def worker_server(mode: str, port: int) -> HTTPPath:
+    process = Process([sys.executable, "-m", "handler", mode, "--port", str(port)], env(UVICORN_LOG_LEVEL="warning"))
+    if mode == "http":
+        return HTTPPath(process, f"http://127.0.0.1:{port}/v1/chat/completions", "/ping")
+    return HTTPPath(process, f"http://127.0.0.1:{port}/v2/local/openai/v1/chat/completions", "/v2/local/health")
+
+
+# ---- the production worker under the runpod SDK -------------------------------------------------
+
+
+def job_input(kind: str, stream: bool) -> dict[str, Any]:
+    if kind == "native":
+        return {"messages": MESSAGES, "sampling_params": SAMPLING, "stream": stream}
+    body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, **SAMPLING}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return {"openai_route": "/v1/chat/completions", "openai_input": body}
+
+
+def tokens_in(output: Any) -> int:
+    """Generated tokens in a job's output, from the usage it reports (OpenAI's
+    ``completion_tokens``, native ``output``), in SSE text or JSON."""
+    if isinstance(output, str):
+        events = [line[6:] for line in output.splitlines() if line.startswith("data: {")]
+        return max((tokens_in(json.loads(event)) for event in events), default=0)
+    if isinstance(output, list):
+        return max((tokens_in(item) for item in output), default=0)
+    if isinstance(output, dict):
+        usage = output.get("usage")
+        if isinstance(usage, dict):
+            return int(usage.get("completion_tokens") or usage.get("output") or 0)
+        return max((tokens_in(value) for value in output.values()), default=0)
+    return 0
+
+
+def stand_in() -> Any:
+    """The stand-in job API (tests/fake_runpod.py), answering job-take and
+    job-stop as RunPod does: held open until there is something to say."""
+    from fake_runpod import FakeRunPod
+
+    return FakeRunPod(hold_s=10.0)
+
+
+class SDKWorker:
+    """`python -m handler` under the runpod SDK, fed by the stand-in."""
+
+    def __init__(self, url: str, platform: Any, profile_to: Path | None = None) -> None:
+        from fake_runpod import worker_env
+
+        self.platform = platform
+        self.cwd = Path(tempfile.mkdtemp(prefix="bench-frontend-sdk-"))
+        command = [sys.executable, "-m", "handler"]
+        if profile_to is not None:
+            command = [sys.executable, str(Path(__file__).resolve()), "--profiled-worker", str(profile_to)]
+        environ = env(PYTHONPATH=str(ROOT), **worker_env(url))
+        self.process = Process(command, environ, cwd=self.cwd)
+        self.jobs = 0
+        self.last_posts = 0.0  # stream posts per job in the last round
+
+    async def ready(self, http: Any) -> None:
+        """Ready once a first tiny job has come back."""
+        self.process.check()
+        job_id = self._push({"prompt": "Hi", "sampling_params": {"max_tokens": 1}})
+        while job_id not in self.platform.done:
+            self.process.check()
+            await asyncio.sleep(0.1)
+
+    def _push(self, job: dict[str, Any]) -> str:
+        self.jobs += 1
+        job_id = f"job-{self.jobs}"
+        self.platform.queue.append({"id": job_id, "input": job})
+        return job_id
+
+    def path(self, kind: str, stream: bool) -> Callable[[Any], Awaitable[int]]:
+        async def round(http: Any) -> int:
+            ids = [self._push(job_input(kind, stream)) for _ in range(CONCURRENCY)]
+            while not all(job_id in self.platform.done for job_id in ids):
+                self.process.check()
+                await asyncio.sleep(0.005)
+            results = [self.platform.done.pop(job_id) for job_id in ids]
+            self.last_posts = sum(len(self.platform.streamed.pop(job_id, ())) for job_id in ids) / len(ids)
+            failed = [result for result in results if "error" in result]
+            if failed:
+                raise RuntimeError(f"{kind} job failed: {failed[0]['error']}")
+            return sum(tokens_in(result.get("output")) for result in results)
+
+        return round
+
+
+# ---- the floor ----------------------------------------------------------------------------------
+
+
+async def bare(rounds: int) -> None:
+    """Boot AsyncLLM with the worker's engine arguments and run the load
+    straight on ``generate``; print each round's CPU and tokens as JSON."""
+    from vllm import SamplingParams  # the floor pays for vLLM only, not the worker's imports
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from handler.config import CPU_DEFAULTS
+
+    engine_args = AsyncEngineArgs(model=str(embedded_dir()), served_model_name=[MODEL], max_num_seqs=30, **CPU_DEFAULTS)
+    llm = AsyncLLM.from_engine_args(engine_args)
+    tokenizer = llm.tokenizer
+    prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    params = SamplingParams(**SAMPLING, output_kind=RequestOutputKind.DELTA)
+
+    async def one(number: int) -> int:
+        count = 0
+        async for out in llm.generate(prompt, params, f"bare-{number}-{time.monotonic_ns()}"):
+            count += len(out.outputs[0].token_ids)
+        return count
+
+    print("[bench] ready", flush=True)
+    for line in sys.stdin:  # one round per line the parent sends
+        if line.strip() != "round":
+            break
+        cpu, start = cpu_seconds(os.getpid()), time.perf_counter()
+        tokens = sum(await asyncio.gather(*(one(n) for n in range(CONCURRENCY))))
+        result = {"cpu": cpu_seconds(os.getpid()) - cpu, "wall": time.perf_counter() - start, "tokens": tokens}
+        print(f"[bench] {json.dumps(result)}", flush=True)
+    llm.shutdown()
+
+
+class BarePath:
+    def __init__(self) -> None:
+        command = [sys.executable, str(Path(__file__).resolve()), "--bare"]
+        self.popen = subprocess.Popen(
+            command, cwd=ROOT, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    async def _said(self) -> str:
+        """The bare script's next own line (vLLM logs to the same stdout)."""
+        while True:
+            line = await asyncio.to_thread(self.popen.stdout.readline)  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"the bare script exited {self.popen.wait()}")
+            if line.startswith("[bench] "):
+                return line[8:].strip()
+
+    async def ready(self, http: Any) -> None:
+        await self._said()
+
+    async def measure(self) -> dict[str, float]:
+        self.popen.stdin.write("round\n")  # type: ignore[union-attr]
+        self.popen.stdin.flush()  # type: ignore[union-attr]
+        return json.loads(await self._said())
+
+    def stop(self) -> None:
+        self.popen.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.popen.wait(60)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+async def measure(pid: int, run: Callable[[], Awaitable[int]]) -> dict[str, float]:
+    cpu, start = cpu_seconds(pid), time.perf_counter()
+    tokens = await run()
+    wall = time.perf_counter() - start
+    if tokens != CONCURRENCY * TOKENS:
+        raise RuntimeError(f"expected {CONCURRENCY * TOKENS} tokens, got {tokens}")
+    return {"cpu": cpu_seconds(pid) - cpu, "wall": wall, "tokens": tokens}
+
+
+async def run(rounds: int) -> dict[str, list[dict[str, float]]]:
+    import httpx
+
+    platform = stand_in()
+    results: dict[str, list[dict[str, float]]] = {}
+    with serving_on_loopback(platform.app()) as api_url:
+        sdk = SDKWorker(api_url, platform)
+        servers = {
+            REFERENCE: vllm_server(free_port()),
+            "load-balancing mode (handler http), streamed": worker_server("http", free_port()),
+            "local endpoint, OpenAI route (handler serve), streamed": worker_server("serve", free_port()),
+        }
+        floor = BarePath()
+        every = [*servers.values(), sdk, floor]
+        paths: dict[str, tuple[int, Callable[[Any], Awaitable[int]] | None]] = {
+            name: (server.process.pid, server.round) for name, server in servers.items()
+        }
+        for kind, stream in (("OpenAI", True), ("native", True), ("OpenAI", False), ("native", False)):
+            name = f"queue worker under the runpod SDK: {kind} job{', streamed' if stream else ''}"
+            paths[name] = (sdk.process.pid, sdk.path(kind.lower(), stream))
+        paths[FLOOR] = (floor.popen.pid, None)
+        limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY * 2)
+        try:
+            async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+                await asyncio.gather(*(server.ready(http) for server in every))
+                print("all servers ready", flush=True)
+                names = list(paths)
+                for number in range(rounds + 1):  # round 0 warms every path up
+                    order = names[number % len(names) :] + names[: number % len(names)]
+                    for name in order:
+                        pid, path = paths[name]
+                        if path is None:
+                            result = await floor.measure()
+                        else:
+                            result = await measure(pid, lambda path=path: path(http))
+                            if pid == sdk.process.pid:
+                                result["posts"] = sdk.last_posts
+                        if number:
+                            results.setdefault(name, []).append(result)
+                            per_token = result["cpu"] / result["tokens"] * 1e6
+                            print(f"round {number}: {name}: {per_token:.0f} µs/token", flush=True)
+        finally:
+            for server in servers.values():
+                server.process.stop()
+            sdk.process.stop()
+            floor.stop()
+    return results
+
+
+def table(results: dict[str, list[dict[str, float]]], rounds: int) -> None:
+    def per_token(name: str) -> float:
+        return sum(r["cpu"] for r in results[name]) / sum(r["tokens"] for r in results[name]) * 1e6
+
+    def rate(name: str) -> float:
+        return statistics.median(r["tokens"] / r["wall"] for r in results[name])
+
+    reference, ceiling = per_token(REFERENCE), rate(FLOOR)
+    print(
+        f"\n{CONCURRENCY} concurrent chat completions x {TOKENS} tokens, {rounds} rounds, "
+        f"{os.cpu_count()} CPUs, model {MODEL}; CPU of the front-end process only"
+    )
+    print(
+        "| path | front-end CPU per token | vs vllm serve | ceiling on one core | tokens/s | vs bare AsyncLLM "
+        "| stream posts per job |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in results:
+        cost = per_token(name)
+        posts = statistics.median(r.get("posts", 0) for r in results[name])
+        print(
+            f"| {name} | {cost:.0f} µs | {cost / reference:.2f}x | ≈ {1e6 / cost:,.0f} tokens/s | "
+            f"{rate(name):.0f} | {rate(name) / ceiling:.3f} | {f'{posts:.1f}' if posts else '-'} |"
+        )
+
+
+# ---- the profile --------------------------------------------------------------------------------
+
+LAYERS = [  # (layer, whose share, path fragments), first match wins
+    ("vLLM's OpenAI serving layer", "vLLM", ("/vllm/entrypoints/",)),
+    ("vLLM's engine client and detokenizer", "vLLM", ("/vllm/", "/tokenizers/", "/transformers/", "/zmq/")),
+    ("vLLM's app framework (FastAPI, Starlette, pydantic)", "vLLM", ("/fastapi/", "/starlette/", "/pydantic")),
+    ("the worker (handler/)", "worker", ("/handler/",)),
+    ("the runpod SDK and its HTTP client", "SDK", ("/runpod/", "/aiohttp", "/yarl/", "/multidict/")),
+    ("the event loop (asyncio)", "Python", ("/asyncio/",)),
+]
+
+
+def layer_of(filename: str) -> str | None:
+    """A function's layer by its file; None for the C builtins and the rest of
+    the standard library, whose time belongs to whoever called them."""
+    for name, _, fragments in LAYERS:
+        if any(fragment in filename for fragment in fragments):
+            return name
+    if filename.startswith("~") or "site-packages" not in filename:
+        return None
+    return "other packages"
+
+
+def split_by_layer(stats_file: Path) -> dict[str, float]:
+    """Each layer's CPU seconds: a function's own time goes to its layer;
+    builtins and standard-library calls go to their callers' layers, in
+    proportion to the time each caller spent in them."""
+    import pstats
+
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    shares: dict[Any, dict[str, float]] = {}
+
+    def owners(function: Any, seen: frozenset = frozenset()) -> dict[str, float]:
+        if function in shares:
+            return shares[function]
+        layer = layer_of(function[0])
+        if layer is not None:
+            return {layer: 1.0}
+        callers = stats.get(function, (0, 0, 0, 0, {}))[4]
+        total = sum(entry[2] for entry in callers.values())
+        if not callers or total <= 0 or function in seen:
+            return {"the standard library, at the top": 1.0}
+        mix: dict[str, float] = {}
+        for caller, entry in callers.items():
+            for name, part in owners(caller, seen | {function}).items():
+                mix[name] = mix.get(name, 0.0) + part * entry[2] / total
+        shares[function] = mix
+        return mix
+
+    seconds: dict[str, float] = {}
+    for function, (_, _, own, _, _) in stats.items():
+        for name, part in owners(function).items():
+            seconds[name] = seconds.get(name, 0.0) + own * part
+    return seconds
+
+
+def profiled_worker(out: str) -> None:
+    """`python -m handler` with cProfile switched on by SIGUSR1 and off (and
+    written to ``out``) by SIGUSR2, in the main thread, where jobs run."""
+    import cProfile
+    import runpy
+
+    profile = cProfile.Profile(time.thread_time)  # CPU time of this thread, not the wall clock
+
+    def stop(*_: Any) -> None:
+        profile.disable()
+        profile.dump_stats(out)
+
+    signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
+    signal.signal(signal.SIGUSR2, stop)
+    sys.argv = ["handler"]
+    runpy.run_module("handler", run_name="__main__", alter_sys=True)
+
+
+async def profile(keep: Path | None) -> None:
+    import httpx
+
+    platform = stand_in()
+    stats_file = Path(tempfile.mkstemp(prefix="bench-frontend-", suffix=".prof")[1])
+    with serving_on_loopback(platform.app()) as api_url:
+        sdk = SDKWorker(api_url, platform, profile_to=stats_file)
+        try:
+            async with httpx.AsyncClient() as http:
+                await sdk.ready(http)
+                for kind in ("openai", "native"):
+                    await sdk.path(kind, True)(http)  # warm-up, unprofiled
+                os.kill(sdk.process.pid, signal.SIGUSR1)
+                tokens = 0
+                for kind in ("openai", "native"):
+                    tokens += await sdk.path(kind, True)(http)
+                os.kill(sdk.process.pid, signal.SIGUSR2)
+                while stats_file.stat().st_size == 0:
+                    sdk.process.check()
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.5)  # let the dump finish
+        finally:
+            sdk.process.stop()
+    seconds = split_by_layer(stats_file)
+    total = sum(seconds.values())
+    whose = {name: owner for name, owner, _ in LAYERS}
+    print(
+        f"\nthe production worker's main thread under cProfile: streamed OpenAI and native jobs, {tokens} tokens; "
+        "each layer's share of its CPU per token (builtins and the standard library counted to their callers)"
+    )
+    print("| layer | whose | share | per token, of the profiled total |")
+    print("|---|---|---|---|")
+    for name, spent in sorted(seconds.items(), key=lambda item: -item[1]):
+        print(f"| {name} | {whose.get(name, '-')} | {spent / total:.0%} | {spent / tokens * 1e6:.0f} µs |")
+    if keep is not None:
+        stats_file.replace(keep)
+        print(f"(the cProfile stats: {keep})")
+    else:
+        stats_file.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per path (after one warm-up)")
+    parser.add_argument("--profile", action="store_true", help="also split the production worker's CPU by layer")
+    parser.add_argument("--profile-out", type=Path, help="keep the profile's cProfile stats in this file")
+    parser.add_argument("--no-table", action="store_true", help="only the profile")
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profiled-worker", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.bare:
+        asyncio.run(bare(options.rounds))
+    elif options.profiled_worker:
+        profiled_worker(options.profiled_worker)
+    else:
+        if not options.no_table:
+            table(asyncio.run(run(options.rounds)), options.rounds)
+        if options.profile:
+            asyncio.run(profile(options.profile_out))
+
+
+if __name__ == "__main__":
+    main()
