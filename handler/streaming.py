@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -81,42 +82,86 @@ async def batched(
     Items are passed on one by one until one for which ``urgent_until`` is true
     has gone out; from then on they are grouped by count and age. The source is
     read ahead while the consumer is busy with the previous batch.
+
+    After the urgent items, one task reads the source into the open batch and
+    the count or a timer wakes the consumer: a few operations per item. (A task
+    and an ``asyncio.wait`` per item cost more per token than vLLM's own HTTP
+    server spends on it; bench/frontend.py.)
     """
-    loop = asyncio.get_running_loop()
     iterator = source.__aiter__()
-    urgent = True
-    batch: list[T] = []
-    deadline = 0.0
-    pending: asyncio.Future | None = None
+    grouped: _Grouped[T] | None = None
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            timeout = max(0.0, deadline - loop.time()) if batch else None
-            done, _ = await asyncio.wait({pending}, timeout=timeout)
-            if not done:
-                yield batch
-                batch = []
-                continue
-            future, pending = pending, None
             try:
-                item = future.result()
+                item = await iterator.__anext__()
             except StopAsyncIteration:
+                return
+            yield [item]
+            if urgent_until(item):
                 break
-            batch.append(item)
-            if urgent or len(batch) >= max_items:
-                if urgent and urgent_until(item):
-                    urgent = False
-                yield batch
-                batch = []
-            elif len(batch) == 1:
-                deadline = loop.time() + max_delay_s
+        grouped = _Grouped(iterator, max_items, max_delay_s)
+        while (batch := await grouped.next_batch()) is not None:
+            yield batch
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        if grouped is not None:
+            await grouped.stop()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
-    if batch:
-        yield batch
+
+
+class _Grouped(Generic[T]):
+    """The grouping phase of ``batched``: a reader task fills the open batch
+    and closes it when it is full or old enough; the consumer takes the closed
+    ones, and the open one once the source has ended."""
+
+    def __init__(self, iterator: AsyncIterator[T], max_items: int, max_delay_s: float) -> None:
+        self.max_items = max_items
+        self.max_delay_s = max_delay_s
+        self.open: list[T] = []
+        self.closed: deque[list[T]] = deque()
+        self.ended = False
+        self.wake = asyncio.Event()
+        self.timer: asyncio.TimerHandle | None = None
+        self.reader = asyncio.ensure_future(self._read(iterator))
+
+    def _close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.open:
+            self.closed.append(self.open)
+            self.open = []
+            self.wake.set()
+
+    async def _read(self, iterator: AsyncIterator[T]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for item in iterator:
+                self.open.append(item)
+                if len(self.open) >= self.max_items:
+                    self._close()
+                elif len(self.open) == 1:
+                    self.timer = loop.call_later(self.max_delay_s, self._close)
+        finally:
+            self.ended = True
+            self.wake.set()
+
+    async def next_batch(self) -> list[T] | None:
+        """The next batch; None once the source has ended and all went out
+        (then the source's error, if it failed)."""
+        while not self.closed and not self.ended:
+            self.wake.clear()
+            await self.wake.wait()
+        if not self.closed:
+            self._close()  # the source has ended: the rest goes out now
+        if self.closed:
+            return self.closed.popleft()
+        await self.reader
+        return None
+
+    async def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.reader.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
