@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -339,7 +340,7 @@ async def run(rounds: int) -> dict[str, list[dict[str, float]]]:
             "local endpoint, OpenAI route (handler serve), streamed": worker_server("serve", free_port()),
         }
         floor = BarePath()
-        every = [*servers.values(), sdk, floor]
+        every: list[HTTPPath | SDKWorker | BarePath] = [*servers.values(), sdk, floor]
         paths: dict[str, tuple[int, Callable[[Any], Awaitable[int]] | None]] = {
             name: (server.process.pid, server.round) for name, server in servers.items()
         }
@@ -360,7 +361,7 @@ async def run(rounds: int) -> dict[str, list[dict[str, float]]]:
                         if path is None:
                             result = await floor.measure()
                         else:
-                            result = await measure(pid, lambda path=path: path(http))
+                            result = await measure(pid, functools.partial(path, http))
                             if pid == sdk.process.pid:
                                 result["posts"] = sdk.last_posts
                         if number:
