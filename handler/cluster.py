@@ -185,9 +185,8 @@ def _keep_alive(sock: socket.socket) -> None:
     """TCP keepalive probes, so that a node that vanishes without closing its
     link (power, network) is noticed within about 11 s."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    for option, value in ((socket.TCP_KEEPIDLE, 5), (socket.TCP_KEEPINTVL, 2), (socket.TCP_KEEPCNT, 3)):
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)  # Linux's, as vLLM's wheels are
 
 
 # --- node 0: the links of the other nodes -------------------------------------
