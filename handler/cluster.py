@@ -57,6 +57,10 @@ VLLM_NAMES = frozenset({"NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"})
 INSTANT_CLUSTER_INTERFACE = "ens1"
 HELLO = "vllm-worker node"
 RETRY_S = 1.0
+# How long a node waits for node 0's greeting: node 0's event loop answers
+# slowly while vLLM imports beside it, and a node that gives up early looks
+# to node 0 like a node that has left.
+GREETING_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,7 @@ def _link(group: Group, port: int) -> socket.socket | str:
         return f"not listening yet ({error})"
     answer = b""
     try:
+        sock.settimeout(GREETING_S)
         sock.sendall(f"{HELLO} {group.rank}\n".encode())
         while b"\n" not in answer and len(answer) < 100 and (piece := sock.recv(100)):
             answer += piece
