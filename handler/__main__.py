@@ -24,11 +24,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from .cluster import Group
     from .engine import Engine
     from .flags import EngineConfig
     from .worker import Worker
@@ -52,6 +53,12 @@ PLAN_OPTIONS = {
         "JSON file mapping RunPod GPU pools to USD per GPU-second "
         "(default: the dated table in handler/gpu_prices.json)",
     ),
+    "--manifest": (
+        "PLAN_MANIFEST",
+        "for a model that needs several nodes: write a Kubernetes LeaderWorkerSet for the cheapest split "
+        "to this file (- for stdout)",
+    ),
+    "--image": ("PLAN_IMAGE", "the image the manifest runs (default: <you>/vllm-worker)"),
 }
 
 
@@ -115,7 +122,15 @@ def run_command(args: argparse.Namespace | None, parser: argparse.ArgumentParser
     """Run the command ``args`` names; ``None``: the RunPod worker."""
     if args is None or args.command not in ("plan", "playground"):  # no model here: the hub stays as the user has it
         settle_environment()
+    group = _group() if args is None or args.command == "http" else None
+    if group is not None and group.rank > 0:  # a node past the first of a group: vLLM headless
+        from .cluster import serve_headless
+        from .settings import Settings
+
+        serve_headless(group, Settings.from_env())
     if args is None:
+        if group is not None:  # node 0 of a group: HTTP, as in load-balancing mode
+            return serve_http(local=False, group=group)
         return serve_http(local=False) if _load_balancing() else serve_runpod()
     if args.command == "run":
         # stdout carries the job's stream and output; vLLM's own logs go to stderr.
@@ -130,7 +145,7 @@ def run_command(args: argparse.Namespace | None, parser: argparse.ArgumentParser
     if args.command == "playground":
         return serve_playground(args)
     if args.command == "http":
-        return serve_http(args.host, args.port, args.port_health, local=True)
+        return serve_http(args.host, args.port, args.port_health, local=True, group=group)
     parser.print_help()
     return 2
 
@@ -191,10 +206,25 @@ def _load_balancing() -> bool:
     return Settings.from_env().endpoint_type == "load_balancing"
 
 
-def serve_http(host: str | None = None, port: int | None = None, health_port: int | None = None, *, local: bool) -> int:
+def _group() -> Group | None:
+    """This machine's place in a group of nodes, if the environment makes it one (cluster.py)."""
+    from .cluster import Group
+
+    return Group.from_env(os.environ)
+
+
+def serve_http(
+    host: str | None = None,
+    port: int | None = None,
+    health_port: int | None = None,
+    *,
+    local: bool,
+    group: Group | None = None,
+) -> int:
     """Load-balancing mode (see load_balancing.py): the ports open before
-    vLLM is imported, so that ``/ping`` answers from process start."""
-    from . import load_balancing
+    vLLM is imported, so that ``/ping`` answers from process start. Node 0
+    of a group also holds the other nodes' links (cluster.py)."""
+    from . import cluster, load_balancing
     from .settings import Settings
 
     settings = Settings.from_env()
@@ -207,7 +237,11 @@ def serve_http(host: str | None = None, port: int | None = None, health_port: in
         assert engine.config is not None
         return engine, engine.config
 
-    return load_balancing.run(settings, listen, load)
+    def watch(engine: Engine) -> Coroutine[Any, Any, None]:
+        assert group is not None
+        return cluster.hold_links(group, listen.host, engine)
+
+    return load_balancing.run(settings, listen, load, watch if group is not None else None)
 
 
 def serve_local(host: str, port: int, api_key: str | None) -> int:
@@ -238,7 +272,7 @@ def print_plan(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     try:
-        report = plan.plan_for(
+        sized = plan.plan_model(
             args.model,
             revision=args.revision,
             token=os.environ.get("HF_TOKEN") or None,
@@ -249,10 +283,14 @@ def print_plan(args: argparse.Namespace) -> int:
             gpu_memory_utilization=float(args.gpu_memory_utilization or 0.9),
             prices=plan.load_prices(args.prices),
         )
+        if args.manifest and sized.recommended_split is None:
+            raise plan.PlanError("no LeaderWorkerSet to write: the model needs no group of nodes")
     except (plan.PlanError, ValueError) as error:
         print(f"plan: {error}", file=sys.stderr)
         return 2
-    print(report)
+    print(plan.render(sized, args.model))
+    if args.manifest:
+        write_manifest(args, sized)
     # the engine flags as vLLM's parser reads them (a bad value: ConfigError, one line)
     environ = {**os.environ, **({"MAX_NUM_SEQS": args.max_num_seqs} if args.max_num_seqs else {})}
     engine_args = flags.parse(environ).args
@@ -260,6 +298,20 @@ def print_plan(args: argparse.Namespace) -> int:
     lines = plan.cuda_graph_lines(engine_args, settings.max_concurrency, settings.cap_max_num_seqs)
     print("\n".join(["", *lines]))
     return 0
+
+
+def write_manifest(args: argparse.Namespace, sized: Any) -> None:
+    """The LeaderWorkerSet for ``plan``'s cheapest split over several nodes (manifest.py)."""
+    from . import manifest
+
+    split = sized.recommended_split
+    max_model_len = int(args.max_model_len) if args.max_model_len else None
+    text = manifest.to_yaml(manifest.leaderworkerset(args.model, split, args.image or manifest.IMAGE, max_model_len))
+    if args.manifest == "-":
+        print(f"\n---\n{text}", end="")
+        return
+    Path(args.manifest).write_text(text)
+    print(f"\nLeaderWorkerSet for {split.nodes} nodes written to {args.manifest} (kubectl apply -f {args.manifest})")
 
 
 def prepare_model() -> int:

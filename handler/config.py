@@ -10,8 +10,9 @@ Two steps share one decision:
   before vLLM and huggingface_hub are imported, since both read
   ``HF_HUB_OFFLINE`` at import.
 - ``engine_config`` parses every vLLM flag with vLLM's own parser
-  (``flags.py``), with the worker's defaults (that model, eager mode on CPU),
-  and applies the same choice.
+  (``flags.py``), with the worker's defaults (that model, eager mode on CPU,
+  a group's ``--nnodes`` flags on one node of several: ``cluster.py``), and
+  applies the same choice.
 
 The model is named, from strongest to weakest, by ``--model`` in
 ``VLLM_EXTRA_ARGS``, ``MODEL``, then worker-vllm's ``MODEL_NAME``.
@@ -246,10 +247,14 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
     serving ``choose_model``'s choice, with eager mode (and a smaller memory
     share) on a machine without a GPU. Each default yields to its env var."""
     from . import flags
+    from .cluster import Group
 
     environ = os.environ if environ is None else environ
     choice = choose_model(settings, environ)
+    group = Group.from_env(environ)
     defaults: dict[str, Any] = {"model": choice.model}
+    if group is not None:  # one node of several (cluster.py)
+        defaults.update(group.flag_defaults(environ))
     if choice.tokenizer:
         defaults["tokenizer"] = choice.tokenizer
     if choice.quantization:
@@ -267,6 +272,9 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
             "not as a positional argument"
         )
     args.model = choice.model
+    if group is not None:
+        group.check(args)
+        config.environment.update(group.environment())
     if not args.served_model_name and choice.served_name:
         args.served_model_name = [choice.served_name]
     if os.path.isdir(args.model):

@@ -116,6 +116,12 @@ class Engine:
             loop.call_later(self.settings.fatal_exit_delay_s, self._fatal, self._failure)
         return self._failure
 
+    def fail(self, reason: str) -> None:
+        """Fail the engine from outside (in the event loop): a node of its
+        group has left. Requests and ``/ping`` get the reason, and the
+        worker exits non-zero after ``FATAL_EXIT_DELAY_S``."""
+        self._fail(reason)
+
     def _fatal(self, reason: str) -> None:
         self._stop_llm()  # os._exit skips atexit: stop vLLM's processes first
         self._on_fatal(reason)

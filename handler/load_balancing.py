@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 from argparse import Namespace
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # importing them imports vLLM, which the mode does after open
 
 # Imports vLLM and reads the flags; returns the engine (not booted) and its configuration.
 Loader = Callable[[], "tuple[Engine, EngineConfig]"]
+# Runs beside the engine from its boot on (node 0 of a group: the other nodes' links, cluster.py).
+Watch = Callable[["Engine"], Coroutine[Any, Any, None]]
 
 logger = logging.getLogger(__name__)
 
@@ -252,11 +254,12 @@ def _apply_uvicorn_flags(args: Namespace) -> None:
         logging.getLogger("uvicorn.access").disabled = True
 
 
-async def serve(settings: Settings, listen: Listen, load: Loader) -> int:
+async def serve(settings: Settings, listen: Listen, load: Loader, watch: Watch | None = None) -> int:
     """Serve until SIGTERM/SIGINT. The ports open first and ``/ping`` says
     204; vLLM is then imported, the flags read (``load``, in a thread, so
     ``/ping`` keeps answering) and the engine booted; ``/ping`` says 200 as
-    soon as it serves. Returns the exit status."""
+    soon as it serves. ``watch`` runs beside the engine from its boot on.
+    Returns the exit status."""
     grace = settings.fatal_exit_delay_s
     front = Front(settings)
     servers = [_Server(uvicorn_config(front, listen.host, listen.port, grace))]
@@ -292,9 +295,12 @@ async def serve(settings: Settings, listen: Listen, load: Loader) -> int:
         front.attach(engine)
         boot = asyncio.create_task(engine.start())
         boot.add_done_callback(lambda task: task.cancelled() or task.exception())
+        watching = asyncio.create_task(watch(engine)) if watch is not None else None
         try:
             await asyncio.gather(*tasks)
         finally:
+            if watching is not None:
+                watching.cancel()
             if engine.ready is None:  # stopped during the boot: no AsyncLLM to shut down yet
                 from .engine import stop_child_processes
 
@@ -328,11 +334,11 @@ def _stop_on_signals(servers: Sequence[uvicorn.Server]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run(settings: Settings, listen: Listen, load: Loader) -> int:
+def run(settings: Settings, listen: Listen, load: Loader, watch: Watch | None = None) -> int:
     """Run the mode in a new event loop (uvloop where installed, as ``vllm serve``)."""
     runner: Callable[[Any], Any] = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop
 
         runner = uvloop.run
-    return runner(serve(settings, listen, load))
+    return runner(serve(settings, listen, load, watch))

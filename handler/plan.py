@@ -22,6 +22,7 @@ from typing import Any
 GB = 1e9
 GPU_COUNTS = (1, 2, 4, 8)
 MAX_NODES = 16
+GROUP_PORT = 8000  # node 0's HTTP port in a group of nodes (vLLM's own default)
 QUANTIZED_WAYS_OUT = {"FP8": "fp8", "INT4": "awq"}  # sizes plan offers when nothing fits
 PRICES_FILE = Path(__file__).with_name("gpu_prices.json")
 OVERHEAD_FRACTION = 0.10
@@ -384,12 +385,22 @@ class CardFit:
 
 @dataclass
 class NodeSplit:
-    """Several 8-GPU nodes of one card size: tensor parallel inside a node, pipeline parallel across."""
+    """Several nodes of one RunPod GPU pool: tensor parallel over each node's
+    GPUs, pipeline parallel across the nodes (vLLM's layout for several nodes)."""
 
     card_gb: int
-    tensor_parallel: int
+    tensor_parallel: int  # GPUs per node
     nodes: int | None  # None: more than MAX_NODES
     usable_gb: float
+    pool: str = ""
+    usd_per_gpu_second: float | None = None
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        """All the nodes' GPUs at the pool's price, or None (no fit, or no price)."""
+        if self.nodes is None or self.usd_per_gpu_second is None:
+            return None
+        return self.nodes * self.tensor_parallel * self.usd_per_gpu_second * 3600
 
 
 @dataclass
@@ -413,6 +424,16 @@ class Plan:
     cards: list[CardFit] = field(default_factory=list)
     quantized: dict[str, Plan] = field(default_factory=dict)  # ways out when nothing fits: "FP8", "INT4"
     node_splits: list[NodeSplit] = field(default_factory=list)
+
+    @property
+    def recommended_split(self) -> NodeSplit | None:
+        """The cheapest split over several nodes (then fewer nodes); by fewest
+        GB of cards when no fitting split has a price."""
+        fitting = [split for split in self.node_splits if split.nodes]
+        priced = [split for split in fitting if split.usd_per_hour is not None]
+        if priced:
+            return min(priced, key=lambda split: (split.usd_per_hour, split.nodes, split.card_gb))
+        return min(fitting, key=lambda split: (split.nodes or 0) * split.tensor_parallel * split.card_gb, default=None)
 
     @property
     def recommended(self) -> CardFit | None:
@@ -458,7 +479,7 @@ def make_plan(
             for label, method in QUANTIZED_WAYS_OUT.items()
             if (sized := size(quantization=method, weight_bytes_hint=None)).bytes_per_param < plan.bytes_per_param
         }
-        plan.node_splits = [_split_nodes(plan, size) for size in plan.prices.card_sizes]
+        plan.node_splits = [_split_nodes(plan, pool) for pool in plan.prices.pools]
     return plan
 
 
@@ -530,16 +551,17 @@ def _fit_pool(plan: Plan, pool: Pool) -> CardFit:
     )
 
 
-def _split_nodes(plan: Plan, card_gb: int) -> NodeSplit:
-    """The fewest nodes of 8 (or the largest valid TENSOR_PARALLEL_SIZE) cards that hold the model."""
+def _split_nodes(plan: Plan, pool: Pool) -> NodeSplit:
+    """The fewest nodes of 8 (or the largest valid TENSOR_PARALLEL_SIZE) of
+    the pool's cards that hold the model."""
     tensor_parallel = max(valid_tensor_parallel_sizes(plan.shape.heads, plan.shape.kv_heads))
-    for nodes in range(2, MAX_NODES + 1):
-        usable = nodes * tensor_parallel * card_gb * plan.gpu_memory_utilization
-        if plan.needed_bytes(tensor_parallel) <= usable * GB:
-            return NodeSplit(card_gb, tensor_parallel, nodes, usable)
-    return NodeSplit(
-        card_gb, tensor_parallel, None, MAX_NODES * tensor_parallel * card_gb * plan.gpu_memory_utilization
+    per_node = tensor_parallel * pool.card_gb * plan.gpu_memory_utilization
+    fewest = next(
+        (nodes for nodes in range(2, MAX_NODES + 1) if plan.needed_bytes(tensor_parallel) <= nodes * per_node * GB),
+        None,
     )
+    usable = (fewest or MAX_NODES) * per_node
+    return NodeSplit(pool.card_gb, tensor_parallel, fewest, usable, pool.gpus, pool.usd_per_gpu_second)
 
 
 def render(plan: Plan, model_name: str) -> str:
@@ -640,28 +662,55 @@ def _quantized_line(label: str, sized: Plan) -> str:
 
 
 def _node_lines(plan: Plan, model_name: str) -> list[str]:
-    fitting = [split for split in plan.node_splits if split.nodes]
-    splits = [
-        f"{split.nodes} nodes x {split.tensor_parallel} x {split.card_gb} GB"
-        if split.nodes
-        else f"{split.card_gb} GB: more than {MAX_NODES} nodes"
-        for split in plan.node_splits
-    ]
     lines = [
-        "- Several nodes (vLLM's Ray backend: tensor parallel inside a node, pipeline parallel across nodes):",
-        f"  {'; '.join(splits)}",
+        "- Several nodes, this image on each: tensor parallel inside a node, pipeline parallel across nodes",
+        '  (README: "When a model outgrows one worker"). $/hour at the Serverless rates above, to compare:',
+        "  Instant Clusters and Kubernetes bill their own rates.",
+        f"    nodes | GPUs per node | card GB | {'RunPod GPUs':<{_pool_width(plan)}} | $/hour",
+        *(_split_row(split, _pool_width(plan)) for split in plan.node_splits),
     ]
-    if fitting:
-        fewest = min(fitting, key=lambda split: (split.nodes, split.card_gb))
-        lines.append(
-            f"  vllm serve {model_name} --tensor-parallel-size {fewest.tensor_parallel} "
-            f"--pipeline-parallel-size {fewest.nodes} --distributed-executor-backend ray"
-        )
-    lines.append(
-        "  A serverless worker is one machine: this needs RunPod Instant Clusters and a Ray cluster\n"
-        '  (README: "When a model outgrows one worker").'
-    )
-    return lines
+    best = plan.recommended_split
+    if best is None:
+        return lines
+    price = f", ${best.usd_per_hour:.2f}/hour" if best.usd_per_hour is not None else ""
+    settings = " ".join(f"{name}={value}" for name, value in group_settings(model_name, best).items())
+    return [
+        *lines,
+        f"  Cheapest: {_split(best)}: TENSOR_PARALLEL_SIZE={best.tensor_parallel}, "
+        f"PIPELINE_PARALLEL_SIZE={best.nodes}{price}.",
+        f"  RunPod Instant Cluster: {_split(best)}, this image on each node, with",
+        f"    {settings}",
+        "    (the cluster sets NUM_NODES, NODE_RANK and PRIMARY_ADDR; node 0 serves the API on PORT).",
+        f"  Kubernetes: --manifest FILE writes a LeaderWorkerSet of {best.nodes} pods with these settings.",
+    ]
+
+
+def _pool_width(plan: Plan) -> int:
+    return max(len("RunPod GPUs"), *(len(split.pool) for split in plan.node_splits))
+
+
+def _split_row(split: NodeSplit, width: int) -> str:
+    nodes = f"{split.nodes or f'>{MAX_NODES}':>5}"
+    price = f"{split.usd_per_hour:>6.2f}" if split.usd_per_hour is not None else ("no price" if split.nodes else "-")
+    return f"    {nodes} | {split.tensor_parallel:>13} | {split.card_gb:>7} | {split.pool:<{width}} | {price}"
+
+
+def _split(split: NodeSplit) -> str:
+    return f"{split.nodes} nodes x {split.tensor_parallel} x {split.card_gb} GB ({split.pool})"
+
+
+def group_settings(model_name: str, split: NodeSplit, max_model_len: int | None = None) -> dict[str, str]:
+    """The environment every node of a group gets (the platform adds the
+    node's place in it): the model, its layout over the nodes, node 0's port."""
+    settings = {
+        "MODEL_NAME": model_name,
+        "TENSOR_PARALLEL_SIZE": str(split.tensor_parallel),
+        "PIPELINE_PARALLEL_SIZE": str(split.nodes),
+        "PORT": str(GROUP_PORT),
+    }
+    if max_model_len:
+        settings["MAX_MODEL_LEN"] = str(max_model_len)
+    return settings
 
 
 def _footnotes(plan: Plan) -> list[str]:
@@ -715,9 +764,14 @@ def cuda_graph_lines(args: Any, max_concurrency: int, capped: bool) -> list[str]
     ]
 
 
-def plan_for(model: str, *, revision: str | None = None, token: str | None = None, **plan_kwargs: Any) -> str:
-    """Load the model's config (and local safetensors index), size it, render the report."""
+def plan_model(model: str, *, revision: str | None = None, token: str | None = None, **plan_kwargs: Any) -> Plan:
+    """Load the model's config (and local safetensors index) and size it."""
     config = load_config(model, revision=revision, token=token)
     if Path(model).is_dir():
         plan_kwargs.setdefault("weight_bytes_hint", load_weight_bytes_hint(model))
-    return render(make_plan(config, **plan_kwargs), model)
+    return make_plan(config, **plan_kwargs)
+
+
+def plan_for(model: str, **kwargs: Any) -> str:
+    """``plan_model``'s report."""
+    return render(plan_model(model, **kwargs), model)

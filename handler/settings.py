@@ -101,6 +101,13 @@ class Settings(BaseModel):
         description="Load-balancing mode: how long a request that arrives while the engine "
         "boots waits for it before it is answered 503.",
     )
+    node_link_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="A group of nodes (see When a model outgrows one worker): the port node 0 listens on "
+        "for the other nodes' links (default: vLLM's `MASTER_PORT` + 1).",
+    )
     max_json_depth: int = Field(
         100,
         ge=1,

@@ -188,6 +188,7 @@ _renderers = _first("RENDERER_REGISTRY", "vllm.renderers.registry")
 _tokenizer_args = _first("tokenizer_args_from_config", "vllm.tokenizers.registry")
 
 _has(AsyncEngineArgs, "from_cli_args", "create_engine_config")
+_params(_member(AsyncEngineArgs, "create_engine_config"), "usage_context", "headless")
 _dataclass_fields(AsyncEngineArgs, "enable_log_requests", "aggregate_engine_logging", "disable_log_stats")
 _has(UsageContext, "OPENAI_API_SERVER")
 _has(
@@ -403,6 +404,33 @@ def build_async_llm(args: Namespace, on_config: Callable[[Any], object] = lambda
         aggregate_engine_logging=engine_args.aggregate_engine_logging,
         disable_log_stats=engine_args.disable_log_stats,
     )
+
+
+def start_headless(args: Namespace) -> Any:
+    """This node's share of a model that a group of nodes serves, as ``vllm
+    serve --headless`` starts it on a node past the first (``run_headless``'s
+    branch for ``node_rank_within_dp > 0``; the contract test pins it): the
+    model's worker processes for this node, which join node 0's engine.
+    Returns vLLM's executor once they have loaded their part of the model;
+    its module is imported here, not by every worker."""
+    start = len(_missing)
+    executor = _first("MultiprocExecutor", "vllm.v1.executor.multiproc_executor")
+    _params(_member(executor, "__init__"), "vllm_config", "monitor_workers")
+    _assigns(_member(executor, "_init_executor"), "workers")
+    _dataclass_fields(_first("WorkerProcHandle", "vllm.v1.executor.multiproc_executor"), "proc")
+    _check(_missing[start:])
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    propagate_flash_late_interaction(args, engine_args)
+    vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER, headless=True)
+    return executor(vllm_config, monitor_workers=False)
+
+
+def wait_for_a_worker_to_end(executor: Any) -> None:
+    """Block until one of the headless executor's worker processes has
+    ended (vLLM's own monitor waits on the same sentinels)."""
+    import multiprocessing.connection
+
+    multiprocessing.connection.wait([handle.proc.sentinel for handle in executor.workers])
 
 
 async def start_async_llm(llm: Any) -> None:

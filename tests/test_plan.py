@@ -245,6 +245,9 @@ def test_deepseek_r1_in_16_bit_prints_the_ways_out(tmp_path):
     assert (plan.quantized["INT4"].recommended.gpus, plan.quantized["INT4"].recommended.pool) == (8, "A100")
     assert {split.card_gb: (split.tensor_parallel, split.nodes) for split in plan.node_splits}[141] == (8, 2)
     assert {split.card_gb: split.nodes for split in plan.node_splits}[80] == 3
+    best = plan.recommended_split  # the cheapest at the table's prices: 40 GPUs of 48 GB
+    assert (best.nodes, best.tensor_parallel, best.pool) == (5, 8, "A6000, A40")
+    assert best.usd_per_hour == pytest.approx(5 * 8 * 0.00034 * 3600)
     report = plan_for(str(model))
     assert "does not fit on one 8-GPU worker" in report
     assert (
@@ -252,11 +255,11 @@ def test_deepseek_r1_in_16_bit_prints_the_ways_out(tmp_path):
     )
     assert "Needs an FP8 checkpoint of this model; plan cannot look on the hub for one." in report
     assert "Needs a 4-bit AWQ or GPTQ checkpoint" in report
-    assert "2 nodes x 8 x 141 GB" in report
-    assert (
-        f"vllm serve {model} --tensor-parallel-size 8 --pipeline-parallel-size 2 --distributed-executor-backend ray"
-    ) in report
-    assert "RunPod Instant Clusters" in report and "When a model outgrows one worker" in report
+    assert "        2 |             8 |     141 | H200 PRO                |  89.28" in report
+    assert "Cheapest: 5 nodes x 8 x 48 GB (A6000, A40): TENSOR_PARALLEL_SIZE=8, PIPELINE_PARALLEL_SIZE=5" in report
+    assert f"    MODEL_NAME={model} TENSOR_PARALLEL_SIZE=8 PIPELINE_PARALLEL_SIZE=5 PORT=8000" in report
+    assert "RunPod Instant Cluster" in report and "When a model outgrows one worker" in report
+    assert "--manifest FILE writes a LeaderWorkerSet of 5 pods" in report
     assert "estimates from config.json" in report
 
 
@@ -302,8 +305,16 @@ def test_a_model_too_big_for_one_worker_points_at_pipeline_parallel():
     assert "does not fit on one 8-GPU worker" in report
     assert "- FP8 weights (1 bytes/param), 2304 GB: still too big for one 8-GPU worker." in report
     assert "- INT4 weights (0.515 bytes/param), 1208 GB: 8 x 180 GB (B200), TENSOR_PARALLEL_SIZE=8" in report
-    assert "--pipeline-parallel-size 4 --distributed-executor-backend ray" in report  # 4 nodes x 8 x 180 GB
-    assert "24 GB: more than 16 nodes" in report
+    assert "        4 |             8 |     180 | B200 " in report
+    assert "      >16 |             8 |      24 | L4, A5000, 3090         | -" in report
+
+
+def test_the_cheapest_split_over_nodes_follows_the_prices(tmp_path):
+    """A pool you cannot get on a cluster is left out with a null price."""
+    prices = write_prices(tmp_path / "prices.json", {"L4, A5000, 3090": None, "A6000, A40": None})
+    plan = make_plan(DEEPSEEK_R1_16_BIT, prices=load_prices(str(prices)))
+    assert (plan.recommended_split.nodes, plan.recommended_split.pool) == (3, "A100")
+    assert "no price" in render(plan, "deepseek")
 
 
 def test_tensor_parallel_must_divide_both_head_counts():

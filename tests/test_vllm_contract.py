@@ -239,6 +239,34 @@ def cuda_platform_without_nvml(name: str) -> Callable[[ModuleType], None]:
     return check
 
 
+def headless_node() -> Callable[[ModuleType], None]:
+    """vi.start_headless and vi.wait_for_a_worker_to_end copy the branch of
+    vLLM's ``run_headless`` for a node past the first of a group (``vllm serve
+    --headless``): its configuration with headless=True, its executor without
+    the monitor thread, and the monitor's wait on the workers' sentinels."""
+
+    def check(vi: ModuleType) -> None:
+        from vllm.entrypoints.cli import serve
+        from vllm.v1.executor import multiproc_executor
+
+        source = inspect.getsource(serve.run_headless)
+        for step in (
+            "vllm.AsyncEngineArgs.from_cli_args(args)",
+            "propagate_flash_late_interaction(args, engine_args)",
+            "usage_context=usage_context, headless=True",
+            "if parallel_config.node_rank_within_dp > 0:",
+            "MultiprocExecutor(vllm_config, monitor_workers=False)",
+            "executor.start_worker_monitor(inline=True)",
+        ):
+            assert step in source, f"vLLM's run_headless no longer has {step!r}: compare it with vi.start_headless"
+        monitor = inspect.getsource(multiproc_executor.MultiprocExecutor.start_worker_monitor)
+        assert "h.proc.sentinel for h in workers" in monitor, "vLLM's worker monitor no longer waits on the sentinels"
+        assert "proc" in {field.name for field in dataclasses.fields(multiproc_executor.WorkerProcHandle)}
+
+    check.__doc__ = "run_headless's steps for a node past the first"
+    return check
+
+
 @cache
 def serve_dests() -> frozenset[str]:
     vi = internals()
@@ -392,6 +420,23 @@ USES = [
             ),
         ),
     ),
+    # cluster.py: a group of nodes (vLLM's --nnodes), headless past node 0
+    Use(
+        "handler/cluster.py",
+        'defaults: dict[str, Any] = {"nnodes": self.nodes, "node_rank": self.rank, "master_addr": self.leader}',
+        dests("nnodes", "node_rank", "master_addr", "master_port", "tensor_parallel_size", "pipeline_parallel_size"),
+    ),
+    Use("handler/cluster.py", 'environment = {"VLLM_HOST_IP": self.node_address}', vllm_env("VLLM_HOST_IP")),
+    Use(
+        "handler/cluster.py",
+        "executor = vi.start_headless(args)",
+        both(
+            has("AsyncEngineArgs.from_cli_args", "propagate_flash_late_interaction", "UsageContext.OPENAI_API_SERVER"),
+            takes("AsyncEngineArgs.create_engine_config", "usage_context", "headless"),
+            headless_node(),
+        ),
+    ),
+    Use("handler/cluster.py", "vi.wait_for_a_worker_to_end(executor)", headless_node()),
     Use("handler/caches.py", 'MODEL_INFOS = "modelinfos"', model_infos_directory("modelinfos")),
     Use("handler/caches.py", 'STARTUP_PLAN = "VLLM_ENABLE_STARTUP_PLAN"', vllm_env("VLLM_ENABLE_STARTUP_PLAN")),
     Use(
