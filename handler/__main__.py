@@ -245,11 +245,12 @@ def serve_http(
 
 
 def serve_local(host: str, port: int, api_key: str | None) -> int:
+    from . import event_loop
     from .endpoint import serve
 
     worker = build_worker()
     try:
-        asyncio.run(serve(worker, host, port, api_key or worker.settings.local_api_key))
+        event_loop.run(serve(worker, host, port, api_key or worker.settings.local_api_key))
     except KeyboardInterrupt:
         pass
     return 0

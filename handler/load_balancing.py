@@ -28,6 +28,7 @@ import uvicorn
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from . import event_loop
 from .errors import ConfigError, HTTPError, JobError
 from .settings import Settings
 
@@ -336,9 +337,4 @@ def _stop_on_signals(servers: Sequence[uvicorn.Server]) -> Iterator[None]:
 
 def run(settings: Settings, listen: Listen, load: Loader, watch: Watch | None = None) -> int:
     """Run the mode in a new event loop (uvloop where installed, as ``vllm serve``)."""
-    runner: Callable[[Any], Any] = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
-    return runner(serve(settings, listen, load, watch))
+    return event_loop.run(serve(settings, listen, load, watch))

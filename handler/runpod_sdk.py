@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import runpod
 from runpod.serverless.modules.worker_state import JobsProgress
 
+from . import event_loop
+
 if TYPE_CHECKING:
     from .worker import Worker
 
@@ -17,6 +19,7 @@ logger = logging.getLogger(__name__)
 def start(worker: Worker) -> None:
     """Serve RunPod's queue with ``worker`` until the SDK's loop returns."""
     forget_jobs_of_earlier_processes()
+    event_loop.use_fast_loop()  # the SDK runs its job loop with asyncio.run
     runpod.serverless.start(
         {
             "handler": worker.handle,
