@@ -327,7 +327,7 @@ async def measure(pid: int, run: Callable[[], Awaitable[int]]) -> dict[str, floa
     return {"cpu": cpu_seconds(pid) - cpu, "wall": wall, "tokens": tokens}
 
 
-async def run(rounds: int) -> dict[str, list[dict[str, float]]]:
+async def run(rounds: int, only: list[str]) -> dict[str, list[dict[str, float]]]:
     import httpx
 
     platform = stand_in()
@@ -353,7 +353,9 @@ async def run(rounds: int) -> dict[str, list[dict[str, float]]]:
             async with httpx.AsyncClient(timeout=600, limits=limits) as http:
                 await asyncio.gather(*(server.ready(http) for server in every))
                 print("all servers ready", flush=True)
-                names = list(paths)
+                names = [
+                    name for name in paths if not only or name in (REFERENCE, FLOOR) or any(o in name for o in only)
+                ]
                 for number in range(rounds + 1):  # round 0 warms every path up
                     order = names[number % len(names) :] + names[: number % len(names)]
                     for name in order:
@@ -520,6 +522,12 @@ async def profile(keep: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per path (after one warm-up)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="measure only the paths whose name holds this (and vllm serve and the bare floor)",
+    )
     parser.add_argument("--profile", action="store_true", help="also split the production worker's CPU by layer")
     parser.add_argument("--profile-out", type=Path, help="keep the profile's cProfile stats in this file")
     parser.add_argument("--no-table", action="store_true", help="only the profile")
@@ -532,7 +540,7 @@ def main() -> None:
         profiled_worker(options.profiled_worker)
     else:
         if not options.no_table:
-            table(asyncio.run(run(options.rounds)), options.rounds)
+            table(asyncio.run(run(options.rounds, options.only)), options.rounds)
         if options.profile:
             asyncio.run(profile(options.profile_out))
 

@@ -50,6 +50,14 @@ class Settings(BaseModel):
         description="... or once the batch's oldest event is this many milliseconds old. "
         "Until the first generated text has gone out, events are sent at once.",
     )
+    stream_batches_per_s: float = Field(
+        50.0,
+        ge=0,
+        description="Under load, batches wait longer than `STREAM_BATCH_MAX_MS`, so that all the jobs "
+        "streaming at once send about this many batches a second together (each is an HTTP post "
+        "the runpod SDK makes, which costs the worker's one front-end core more than a token). "
+        "`0`: never longer.",
+    )
     embedded_model_dir: Path = Field(
         default_factory=lambda: _default_cache_dir() / "SmolLM2-135M-Instruct",
         description="Where the embedded default model is prepared and read from.",

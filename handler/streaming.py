@@ -74,14 +74,15 @@ def carries_text(event: str) -> bool:
 async def batched(
     source: AsyncIterable[T],
     max_items: int,
-    max_delay_s: float,
+    max_delay_s: float | Callable[[], float],
     urgent_until: Callable[[T], bool] = lambda item: True,
 ) -> AsyncIterator[list[T]]:
     """Group items of ``source`` into lists.
 
     Items are passed on one by one until one for which ``urgent_until`` is true
-    has gone out; from then on they are grouped by count and age. The source is
-    read ahead while the consumer is busy with the previous batch.
+    has gone out; from then on they are grouped by count and age (``max_delay_s``
+    may be a function, asked as each batch opens). The source is read ahead
+    while the consumer is busy with the previous batch.
 
     After the urgent items, one task reads the source into the open batch and
     the count or a timer wakes the consumer: a few operations per item. (A task
@@ -115,9 +116,9 @@ class _Grouped(Generic[T]):
     and closes it when it is full or old enough; the consumer takes the closed
     ones, and the open one once the source has ended."""
 
-    def __init__(self, iterator: AsyncIterator[T], max_items: int, max_delay_s: float) -> None:
+    def __init__(self, iterator: AsyncIterator[T], max_items: int, max_delay_s: float | Callable[[], float]) -> None:
         self.max_items = max_items
-        self.max_delay_s = max_delay_s
+        self.max_delay_s = max_delay_s if callable(max_delay_s) else lambda: max_delay_s
         self.open: list[T] = []
         self.closed: deque[list[T]] = deque()
         self.ended = False
@@ -142,7 +143,7 @@ class _Grouped(Generic[T]):
                 if len(self.open) >= self.max_items:
                     self._close()
                 elif len(self.open) == 1:
-                    self.timer = loop.call_later(self.max_delay_s, self._close)
+                    self.timer = loop.call_later(self.max_delay_s(), self._close)
         finally:
             self.ended = True
             self.wake.set()

@@ -9,9 +9,10 @@ makes vLLM abort the generation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from . import asgi, jobs, native, routes
@@ -27,6 +28,7 @@ class Worker:
     def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
         self.engine = engine
         self.settings = settings or engine.settings
+        self.streaming = 0  # jobs streaming now
 
     def concurrency(self, current: int = 0) -> int:
         """runpod's ``concurrency_modifier``: how many jobs run at once."""
@@ -76,12 +78,23 @@ class Worker:
         return response
 
     def _batches(self, source: Any, urgent_until: Any) -> Any:
-        return batched(
-            source,
-            self.settings.stream_batch_max_events,
-            self.settings.stream_batch_max_ms / 1000,
-            urgent_until=urgent_until,
-        )
+        return batched(source, self.settings.stream_batch_max_events, self.batch_delay_s, urgent_until=urgent_until)
+
+    def batch_delay_s(self) -> float:
+        """How long a batch's oldest event may wait: ``STREAM_BATCH_MAX_MS``,
+        or longer when so many jobs stream at once that their batches would
+        come more often than ``STREAM_BATCHES_PER_S`` in all."""
+        shortest = self.settings.stream_batch_max_ms / 1000
+        rate = self.settings.stream_batches_per_s
+        return max(shortest, self.streaming / rate) if rate else shortest
+
+    @contextlib.contextmanager
+    def _counted_stream(self) -> Iterator[None]:
+        self.streaming += 1
+        try:
+            yield
+        finally:
+            self.streaming -= 1
 
     async def _openai_output(self, response: asgi.Response) -> AsyncIterator[Any]:
         """An OpenAI answer as job output: batches of whole SSE events as text,
@@ -92,8 +105,9 @@ class Worker:
             return
         batches = self._batches(sse_events(response), carries_text)
         try:
-            async for events in batches:
-                yield "".join(events)
+            with self._counted_stream():
+                async for events in batches:
+                    yield "".join(events)
         finally:
             await batches.aclose()
             await response.aclose()
@@ -102,8 +116,9 @@ class Worker:
         deltas = native.stream_deltas(sse_events(response))
         batches = self._batches(deltas, lambda delta: any(any(c["tokens"]) for c in delta["choices"]))
         try:
-            async for group in batches:
-                yield native.merge(group)
+            with self._counted_stream():
+                async for group in batches:
+                    yield native.merge(group)
         finally:
             await batches.aclose()
             await response.aclose()

@@ -9,6 +9,7 @@ import pytest
 
 from handler import jobs, native
 from handler.errors import JobError
+from handler.settings import Settings
 from handler.streaming import batched, carries_text, sse_events
 
 
@@ -115,3 +116,17 @@ def test_route_normalization():
     assert normalize("v1/models") == "/v1/models"
     assert normalize("/openai/v1/chat/completions") == "/v1/chat/completions"
     assert normalize(" /tokenize ") == "/tokenize"
+
+
+def test_batches_wait_longer_only_when_many_jobs_stream():
+    from handler.worker import Worker
+
+    worker = Worker(engine=None, settings=Settings(stream_batch_max_ms=100, stream_batches_per_s=50))  # type: ignore[arg-type]
+    assert worker.batch_delay_s() == 0.1
+    worker.streaming = 5  # 5 streams x 10 batches/s: the budget, no longer wait
+    assert worker.batch_delay_s() == 0.1
+    worker.streaming = 20  # 20 streams share 50 batches/s: 0.4 s each
+    assert worker.batch_delay_s() == 0.4
+    off = Worker(engine=None, settings=Settings(stream_batch_max_ms=100, stream_batches_per_s=0))  # type: ignore[arg-type]
+    off.streaming = 20
+    assert off.batch_delay_s() == 0.1
