@@ -68,6 +68,7 @@ class OpenAIJob(BaseModel):
     ``/v1/models`` arrive without a body."""
 
     model_config = ConfigDict(extra="forbid")
+    route_field: ClassVar[str] = "openai_route"
     body_field: ClassVar[str] = "openai_input"
 
     openai_route: str = Field(description="The OpenAI path, e.g. /v1/chat/completions.")
@@ -83,6 +84,7 @@ class RouteJob(BaseModel):
     """worker-vllm's form of an OpenAI request."""
 
     model_config = ConfigDict(extra="forbid")
+    route_field: ClassVar[str] = "route"
     body_field: ClassVar[str] = "body"
 
     route: str
@@ -306,13 +308,14 @@ def materialize(value: Any, where: tuple[Any, ...]) -> None:
             materialize(child, (*where, key))
 
 
-def check_body(app: Any, method: str, path: str, body: Any, where: tuple[Any, ...]) -> None:
+def check_body(app: Any, method: str, template: str, body: Any, where: tuple[Any, ...]) -> None:
     """Read an OpenAI job's body with the request model vLLM's app declares for
-    the route. What that validation reports, vLLM reports itself (its own 400);
-    a value on which one of vLLM's validators crashes instead (``'int' object
-    has no attribute 'get'``, a 500), or a content part it would fail on later,
-    is a 400 here that names it."""
-    adapter = _body_adapter(app, method, path)
+    the route whose path is ``template`` (``routes.resolve`` finds it). What
+    that validation reports, vLLM reports itself (its own 400); a value on
+    which one of vLLM's validators crashes instead (``'int' object has no
+    attribute 'get'``, a 500), or a content part it would fail on later, is a
+    400 here that names it."""
+    adapter = _body_adapter(app, method, template)
     if adapter is None or not isinstance(body, dict):
         return
     try:
@@ -325,10 +328,10 @@ def check_body(app: Any, method: str, path: str, body: Any, where: tuple[Any, ..
 
 
 @cache
-def _body_adapter(app: Any, method: str, path: str) -> TypeAdapter | None:
+def _body_adapter(app: Any, method: str, template: str) -> TypeAdapter | None:
     for route in app.routes:
         field = getattr(route, "body_field", None)
-        if field is not None and route.path == path and method in (route.methods or ()):
+        if field is not None and route.path == template and method in (route.methods or ()):
             try:
                 return TypeAdapter(field.field_info.annotation)
             except Exception:  # noqa: BLE001 - a body type pydantic cannot take alone

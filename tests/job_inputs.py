@@ -1,6 +1,6 @@
 """Job inputs for fuzzing, as hypothesis strategies: valid, half-valid (a valid
-input with one thing broken), hostile (anything at all), and integers beyond
-64 bits in every integer field.
+input with one thing broken), hostile (anything at all), integers beyond 64
+bits in every integer field, and OpenAI routes spelled in other ways.
 
 Used by tests/test_fuzz.py (a few hundred through the handler) and by
 bench/soak.py (thousands through the local endpoint). Every input that can
@@ -415,6 +415,68 @@ def wide_integers(draw: st.DrawFn) -> tuple[Any, str]:
     return {"openai_route": kind, "openai_input": {**body, name: held}}, f"openai_input.{name}{inner}"
 
 
+# -- route spellings -----------------------------------------------------------------
+
+# Bodies the worker's check of vLLM's request model refuses: ``vllm serve``
+# would answer each with a 500.
+CHECKED = {
+    "/v1/chat/completions": st.sampled_from(
+        [{"structured_outputs": 0}, {"messages": None}, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}]
+    ),
+    "/v1/completions": st.sampled_from([{"structured_outputs": 0}, {"structured_outputs": "json"}]),
+}
+
+
+def respell(route: str, how: str, where: int) -> str:
+    if how == "query":
+        return route + "?stream=true"
+    if how == "empty query":
+        return route + "?"
+    if how == "fragment":
+        return route + "#top"
+    if how == "doubled slash":
+        slashes = [i for i, c in enumerate(route) if c == "/"]
+        at = slashes[where % len(slashes)]
+        return route[:at] + "/" + route[at:]
+    if how == "trailing slash":
+        return route + "/"
+    if how == "openai prefix":
+        return "/openai" + route
+    if how == "no leading slash":
+        return route.lstrip("/")
+    return f" {route}\n"  # surrounding whitespace
+
+
+SPELLINGS = [
+    "query",
+    "empty query",
+    "fragment",
+    "doubled slash",
+    "trailing slash",
+    "openai prefix",
+    "no leading slash",
+    "whitespace",
+]
+
+
+@st.composite
+def route_spellings(draw: st.DrawFn) -> tuple[Any, Any]:
+    """(job, plain): an OpenAI job whose route is spelled another way (a query
+    string, a fragment, doubled or trailing slashes, ...; one to three of
+    them), often with a body the worker's check refuses, and the same job on
+    the plain route."""
+    route = draw(st.sampled_from(sorted(CHECKED)))
+    body = draw(chat_body if route == "/v1/chat/completions" else completion_body)
+    if draw(st.booleans()):
+        body = {**body, **draw(CHECKED[route])}
+    spelled = route
+    for how in draw(st.lists(st.sampled_from(SPELLINGS), min_size=1, max_size=3)):
+        spelled = respell(spelled, how, draw(st.integers(0, 5)))
+    if draw(st.booleans()):
+        return {"openai_route": spelled, "openai_input": body}, {"openai_route": route, "openai_input": body}
+    return {"route": spelled, "body": body}, {"route": route, "body": body}
+
+
 def bounded(job: Any) -> Any:
     """The job with a small output bound wherever one that could run has none
     (a native job without ``max_tokens`` would generate to the end of the
@@ -438,4 +500,5 @@ job_inputs = st.one_of(
     half_valid(),
     hostile,
     wide_integers().map(lambda case: case[0]),
+    route_spellings().map(lambda case: case[0]),
 ).map(bounded)
