@@ -85,7 +85,7 @@ async def _body(request: Request, limit: int, limit_name: str, max_depth: int) -
         raise HTTPError(400, "the request body must be a JSON object")
     try:  # each field counted as the worker counts a job input
         for key, value in body.items():
-            check_json(value, max_depth, ("body", key), text=False)
+            check_json(value, max_depth, ("body", key), values=False)
     except JobError as exc:
         raise HTTPError(400, exc.message) from None
     return body

@@ -8,12 +8,13 @@ Three shapes are accepted:
 
 Anything else is an error that names what is wrong; nothing is ignored. Every
 input is also checked for what no part of the worker or vLLM could serve:
-nesting deeper than ``MAX_JSON_DEPTH`` and text that is not valid Unicode (a
-lone surrogate, which JSON's ``\\ud800`` escape can carry). A native job's
-``messages`` and ``sampling_params`` values are then checked against vLLM's own
-types (native.py); an OpenAI job's body is read with the request model of its
-route in vLLM's app (``check_body``), so that a value vLLM's validation would
-crash on fails with a 400 naming it.
+nesting deeper than ``MAX_JSON_DEPTH``, text that is not valid Unicode (a
+lone surrogate, which JSON's ``\\ud800`` escape can carry) and integers beyond
+64 bits (``INTEGERS``). A native job's ``messages`` and ``sampling_params``
+values are then checked against vLLM's own types (native.py); an OpenAI job's
+body is read with the request model of its route in vLLM's app
+(``check_body``), so that a value vLLM's validation would crash on fails with
+a 400 naming it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class OpenAIJob(BaseModel):
     ``/v1/models`` arrive without a body."""
 
     model_config = ConfigDict(extra="forbid")
+    route_field: ClassVar[str] = "openai_route"
     body_field: ClassVar[str] = "openai_input"
 
     openai_route: str = Field(description="The OpenAI path, e.g. /v1/chat/completions.")
@@ -82,6 +84,7 @@ class RouteJob(BaseModel):
     """worker-vllm's form of an OpenAI request."""
 
     model_config = ConfigDict(extra="forbid")
+    route_field: ClassVar[str] = "route"
     body_field: ClassVar[str] = "body"
 
     route: str
@@ -97,6 +100,11 @@ Job = NativeJob | OpenAIJob | RouteJob
 
 
 MAX_DEPTH: int = Settings.model_fields["max_json_depth"].default
+# The integers msgpack can hold: vLLM sends each request to its engine process
+# as msgpack, and one beyond them fails there (a 500 with an empty message from
+# vLLM 0.32 for ``top_k``, ``stream_interval``, a JSON schema's bound, ...).
+# vLLM checks ``extra_args`` against the same range itself.
+INTEGERS = range(-(2**63), 2**64)
 
 
 def parse(job_input: Any, max_depth: int = MAX_DEPTH) -> Job:
@@ -124,18 +132,17 @@ def parse(job_input: Any, max_depth: int = MAX_DEPTH) -> Job:
     return job  # type: ignore[return-value]
 
 
-def check_json(value: Any, max_depth: int, where: tuple[Any, ...] = ("input",), *, text: bool = True) -> None:
+def check_json(value: Any, max_depth: int, where: tuple[Any, ...] = ("input",), *, values: bool = True) -> None:
     """Refuse nesting deeper than ``max_depth`` arrays and objects and, with
-    ``text``, text that cannot be encoded as UTF-8 (lone surrogates), naming
-    where. Iterative, so that no depth can exhaust Python's stack."""
+    ``values``, text that cannot be encoded as UTF-8 (lone surrogates) and
+    integers outside ``INTEGERS``, naming where. Iterative, so that no depth
+    can exhaust Python's stack."""
     stack: list[tuple[Any, tuple[Any, ...]]] = [(value, where)]
     while stack:
         item, path = stack.pop()
-        if isinstance(item, str):
-            if text:
-                _check_text(item, path)
-            continue
         if not isinstance(item, (dict, list)):
+            if values:
+                _check_scalar(item, path)
             continue
         if len(path) - len(where) >= max_depth:
             shown = location(path[:8]) + ("..." if len(path) > 8 else "")
@@ -145,11 +152,21 @@ def check_json(value: Any, max_depth: int, where: tuple[Any, ...] = ("input",), 
             )
         if isinstance(item, dict):
             for key, child in item.items():
-                if text and isinstance(key, str):
+                if values and isinstance(key, str):
                     _check_text(key, path, "a key of ")
                 stack.append((child, (*path, key)))
         else:
             stack.extend((child, (*path, index)) for index, child in enumerate(item))
+
+
+def _check_scalar(value: Any, path: tuple[Any, ...]) -> None:
+    if isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, int) and value not in INTEGERS:
+        raise JobError(
+            f"{location(path)}: the integer is beyond 64 bits; vLLM takes integers from -2**63 to 2**64 - 1",
+            param=location(path[1:]) or None,
+        )
 
 
 def _check_text(text: str, path: tuple[Any, ...], what: str = "") -> None:
@@ -291,13 +308,14 @@ def materialize(value: Any, where: tuple[Any, ...]) -> None:
             materialize(child, (*where, key))
 
 
-def check_body(app: Any, method: str, path: str, body: Any, where: tuple[Any, ...]) -> None:
+def check_body(app: Any, method: str, template: str, body: Any, where: tuple[Any, ...]) -> None:
     """Read an OpenAI job's body with the request model vLLM's app declares for
-    the route. What that validation reports, vLLM reports itself (its own 400);
-    a value on which one of vLLM's validators crashes instead (``'int' object
-    has no attribute 'get'``, a 500), or a content part it would fail on later,
-    is a 400 here that names it."""
-    adapter = _body_adapter(app, method, path)
+    the route whose path is ``template`` (``routes.resolve`` finds it). What
+    that validation reports, vLLM reports itself (its own 400); a value on
+    which one of vLLM's validators crashes instead (``'int' object has no
+    attribute 'get'``, a 500), or a content part it would fail on later, is a
+    400 here that names it."""
+    adapter = _body_adapter(app, method, template)
     if adapter is None or not isinstance(body, dict):
         return
     try:
@@ -310,10 +328,10 @@ def check_body(app: Any, method: str, path: str, body: Any, where: tuple[Any, ..
 
 
 @cache
-def _body_adapter(app: Any, method: str, path: str) -> TypeAdapter | None:
+def _body_adapter(app: Any, method: str, template: str) -> TypeAdapter | None:
     for route in app.routes:
         field = getattr(route, "body_field", None)
-        if field is not None and route.path == path and method in (route.methods or ()):
+        if field is not None and route.path == template and method in (route.methods or ()):
             try:
                 return TypeAdapter(field.field_info.annotation)
             except Exception:  # noqa: BLE001 - a body type pydantic cannot take alone

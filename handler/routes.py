@@ -38,27 +38,37 @@ def served(app: Any) -> list[tuple[str, tuple[str, ...]]]:
     return sorted(table)
 
 
-def resolve(app: Any, method: str, route: str) -> str:
-    """The path to call; an unknown route or method is an error that lists
-    what this worker serves."""
-    path = normalize(route.split("?", 1)[0])
+def resolve(app: Any, method: str, route: str, field: str = "openai_route") -> tuple[str, str]:
+    """(path, template): the path to call, and the path of the app's route
+    that serves it as the app declares it (``/v1/responses/{response_id}``),
+    by which the body is checked. A route is a path alone: a query string or
+    fragment is refused, so that no spelling calls vLLM with what was not
+    checked. An unknown route or method is an error that lists what this
+    worker serves."""
+    if "?" in route or "#" in route:
+        raise JobError(
+            f"input.{field}: a route is a path alone, without a query string or fragment "
+            f"(request parameters go in the body): {route!r}",
+            param=field,
+        )
+    path = normalize(route)
     scope = {"type": "http", "path": path, "method": method, "root_path": ""}
     allowed: set[str] = set()
     for candidate in app.routes:
         match, _ = candidate.matches(scope)
         if match == Match.FULL:
-            return normalize(route)
+            return path, candidate.path
         if match == Match.PARTIAL:
             allowed |= set(getattr(candidate, "methods", ()) or ())
     if allowed:
         raise JobError(
             f"{path} does not take {method}; it takes {', '.join(sorted(allowed - {'HEAD'}))}",
             status=HTTPStatus.METHOD_NOT_ALLOWED,
-            param="openai_route",
+            param=field,
         )
     listing = ", ".join(f"{' '.join(methods)} {p}" for p, methods in served(app))
     raise JobError(
         f"unknown route {route!r}; this worker serves: {listing}",
         status=HTTPStatus.NOT_FOUND,
-        param="openai_route",
+        param=field,
     )

@@ -63,8 +63,8 @@ class Worker:
                 yield native.from_response(json.loads(await response.read()))
             return
         method, route, payload = parsed.request()
-        path = routes.resolve(ready.app, method, route)
-        jobs.check_body(ready.app, method, path, payload, ("input", parsed.body_field))
+        path, template = routes.resolve(ready.app, method, route, parsed.route_field)
+        jobs.check_body(ready.app, method, template, payload, ("input", parsed.body_field))
         response = await self._call(method, path, payload)
         async for item in self._openai_output(response):
             yield item

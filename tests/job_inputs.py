@@ -1,5 +1,6 @@
 """Job inputs for fuzzing, as hypothesis strategies: valid, half-valid (a valid
-input with one thing broken) and hostile (anything at all).
+input with one thing broken), hostile (anything at all), integers beyond 64
+bits in every integer field, and OpenAI routes spelled in other ways.
 
 Used by tests/test_fuzz.py (a few hundred through the handler) and by
 bench/soak.py (thousands through the local endpoint). Every input that can
@@ -11,11 +12,17 @@ accept and spend minutes on (``n=5000``).
 
 from __future__ import annotations
 
+import collections.abc
 import copy
+import functools
 import math
+import types
+import typing
 from typing import Any
 
 from hypothesis import strategies as st
+
+from handler.jobs import location
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # fields that bound the work a job asks for
@@ -339,6 +346,137 @@ hostile = st.one_of(
 )
 
 
+# -- integers beyond 64 bits --------------------------------------------------------
+
+# vLLM sends each request to its engine process as msgpack, which holds
+# integers from -2**63 to 2**64 - 1; the worker refuses any integer beyond.
+beyond_64_bits = st.one_of(st.integers(min_value=2**64), st.integers(max_value=-(2**63) - 1))
+
+
+def holding(declared: Any, value: int) -> Any:
+    """A value of the ``declared`` type whose integer is ``value`` (in a list or
+    an object where the type says so), or None where the type holds none."""
+    origin, args = typing.get_origin(declared), typing.get_args(declared)
+    if declared is int:
+        return value
+    if origin is typing.Annotated:
+        return holding(args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        return next((held for arg in args if (held := holding(arg, value)) is not None), None)
+    if origin in (list, set, tuple, collections.abc.Sequence, collections.abc.Iterable) and args:
+        held = holding(args[0], value)
+        return None if held is None else [held]
+    if origin is dict and len(args) == 2:
+        held = holding(args[1], value)
+        return None if held is None else {"a": held}
+    return None
+
+
+@functools.cache
+def integer_fields() -> dict[str, dict[str, Any]]:
+    """The fields that hold integers, with their declared types, as vLLM
+    declares them: ``SamplingParams``' (a native job's ``sampling_params``) and
+    the chat and completions request models' (an OpenAI job's body)."""
+    from handler import vllm_internals as vi
+    from handler.native import settable_fields
+
+    declared = {
+        "native": {name: kind for name, kind in vi.sampling_param_types().items() if name in settable_fields()},
+        "/v1/chat/completions": {name: f.annotation for name, f in vi.chat_request_model.model_fields.items()},
+        "/v1/completions": {name: f.annotation for name, f in vi.completion_request_model.model_fields.items()},
+    }
+    return {
+        kind: {name: t for name, t in fields.items() if holding(t, 0) is not None} for kind, fields in declared.items()
+    }
+
+
+@st.composite
+def wide_integers(draw: st.DrawFn) -> tuple[Any, str]:
+    """(job, param): a valid job with an integer beyond 64 bits in one integer
+    field vLLM declares (native or OpenAI), or at any place of a valid job (a
+    JSON schema's bound, a message, the route); ``param`` names that place,
+    as the error must."""
+    value = draw(beyond_64_bits)
+    kind = draw(st.sampled_from(["native", "/v1/chat/completions", "/v1/completions", "anywhere"]))
+    if kind == "anywhere":
+        job = copy.deepcopy(draw(valid))
+        path, key = draw(st.sampled_from(_places(job)))
+        _at(job, path)[key] = value
+        return job, location((*path, key))
+    fields = integer_fields()[kind]
+    name = draw(st.sampled_from(sorted(fields)))
+    held = holding(fields[name], value)
+    inner = "[0]" if isinstance(held, list) else ".a" if isinstance(held, dict) else ""
+    if kind == "native":
+        base = draw(native)
+        base["sampling_params"] = {**base["sampling_params"], name: held}
+        return base, f"sampling_params.{name}{inner}"
+    body = draw(chat_body if kind == "/v1/chat/completions" else completion_body)
+    return {"openai_route": kind, "openai_input": {**body, name: held}}, f"openai_input.{name}{inner}"
+
+
+# -- route spellings -----------------------------------------------------------------
+
+# Bodies the worker's check of vLLM's request model refuses: ``vllm serve``
+# would answer each with a 500.
+CHECKED = {
+    "/v1/chat/completions": st.sampled_from(
+        [{"structured_outputs": 0}, {"messages": None}, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}]
+    ),
+    "/v1/completions": st.sampled_from([{"structured_outputs": 0}, {"structured_outputs": "json"}]),
+}
+
+
+def respell(route: str, how: str, where: int) -> str:
+    if how == "query":
+        return route + "?stream=true"
+    if how == "empty query":
+        return route + "?"
+    if how == "fragment":
+        return route + "#top"
+    if how == "doubled slash":
+        slashes = [i for i, c in enumerate(route) if c == "/"]
+        at = slashes[where % len(slashes)]
+        return route[:at] + "/" + route[at:]
+    if how == "trailing slash":
+        return route + "/"
+    if how == "openai prefix":
+        return "/openai" + route
+    if how == "no leading slash":
+        return route.lstrip("/")
+    return f" {route}\n"  # surrounding whitespace
+
+
+SPELLINGS = [
+    "query",
+    "empty query",
+    "fragment",
+    "doubled slash",
+    "trailing slash",
+    "openai prefix",
+    "no leading slash",
+    "whitespace",
+]
+
+
+@st.composite
+def route_spellings(draw: st.DrawFn) -> tuple[Any, Any]:
+    """(job, plain): an OpenAI job whose route is spelled another way (a query
+    string, a fragment, doubled or trailing slashes, ...; one to three of
+    them), often with a body the worker's check refuses, and the same job on
+    the plain route."""
+    route = draw(st.sampled_from(sorted(CHECKED)))
+    body = draw(chat_body if route == "/v1/chat/completions" else completion_body)
+    if draw(st.booleans()):
+        body = {**body, **draw(CHECKED[route])}
+    spelled = route
+    for how in draw(st.lists(st.sampled_from(SPELLINGS), min_size=1, max_size=3)):
+        spelled = respell(spelled, how, draw(st.integers(0, 5)))
+    if draw(st.booleans()):
+        return {"openai_route": spelled, "openai_input": body}, {"openai_route": route, "openai_input": body}
+    return {"route": spelled, "body": body}, {"route": route, "body": body}
+
+
 def bounded(job: Any) -> Any:
     """The job with a small output bound wherever one that could run has none
     (a native job without ``max_tokens`` would generate to the end of the
@@ -357,4 +495,10 @@ def bounded(job: Any) -> Any:
     return job
 
 
-job_inputs = st.one_of(valid, half_valid(), hostile).map(bounded)
+job_inputs = st.one_of(
+    valid,
+    half_valid(),
+    hostile,
+    wide_integers().map(lambda case: case[0]),
+    route_spellings().map(lambda case: case[0]),
+).map(bounded)

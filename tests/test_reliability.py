@@ -189,6 +189,8 @@ async def test_bad_native_values_fail_with_400_naming_the_field(worker, job_inpu
             },
             "stream": True,
         },
+        # the ends of the integers vLLM's engine takes (msgpack's)
+        {"prompt": "1, 2, 3,", "sampling_params": {"max_tokens": 2, "top_k": 2**64 - 1, "seed": -(2**63)}},
     ],
 )
 async def test_what_was_valid_stays_valid(worker, job_input):
