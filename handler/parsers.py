@@ -12,12 +12,13 @@ model will be served with and picks them:
   rendering holds no trace of the tool renders no tools, and gets no parser;
 - the reasoning parser from the template's own text (``REASONING_SYNTAXES``).
 
-A parser is chosen only if vLLM's registry has it (read at run time); the
-contract test fails, naming it, when vLLM renames or removes one. With a tool
-parser chosen, auto tool choice is turned on. ``TOOL_CALL_PARSER``,
-``REASONING_PARSER`` and ``ENABLE_AUTO_TOOL_CHOICE`` set by the user always
-win; ``none`` as a parser's name means no parser. A template that matches no
-syntax, or cannot be read, leaves vLLM's defaults (no parser).
+A parser is chosen only if vLLM's registry has it (read at run time);
+tests/test_parsers.py fails, naming it, when vLLM renames or removes one.
+With a tool-call parser, chosen or set, auto tool choice is on.
+``TOOL_CALL_PARSER``, ``REASONING_PARSER`` and ``ENABLE_AUTO_TOOL_CHOICE`` set
+by the user always win; ``none`` as a parser's name means no parser. A
+template that matches no syntax, or cannot be read, leaves vLLM's defaults
+(no parser). docs/TOOLS.md has the table of syntaxes.
 """
 
 from __future__ import annotations
