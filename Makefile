@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make run    - one job from test_input.json through the real handler and engine
-#   make test   - the test suite (boots the same engine once)
+#   make test   - the test suite (boots the same engine once); it also sets up
+#                 .venv-clients, the agent frameworks it drives over HTTP
 #   make test-fast - the tests that need no engine and no vLLM (seconds)
 #   make lint   - ruff (lint and format check) and mypy, as configured in pyproject.toml;
 #                 make test runs it first
@@ -14,10 +15,14 @@ PYTHON := $(VENV)/bin/python
 # vLLM on CPU sizes its KV cache from this (GiB); 2 is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: setup model run test test-fast lint serve http bench clean
+.PHONY: setup clients model run test test-fast lint serve http bench clean
 
 setup:
 	@PYTHON="$(BASE_PYTHON)" bash builder/setup_venv.sh
+
+# The agent frameworks tests/test_frameworks.py drives, in their own venv.
+clients:
+	@PYTHON="$(BASE_PYTHON)" bash builder/setup_clients.sh
 
 model: setup
 	@$(PYTHON) -m handler prepare
@@ -31,7 +36,7 @@ serve: model
 http: model
 	$(PYTHON) -m handler http $(if $(PORT),--port $(PORT))
 
-test: model lint
+test: model lint clients
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # No engine, no vLLM import (conftest's --fast fails the run if a test imports it).
@@ -48,4 +53,4 @@ bench: model
 	$(PYTHON) bench/overhead.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-clients

@@ -56,6 +56,17 @@ EMBEDDED_SERVED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 #   now (0.92 of the node, vLLM's GPU default, rarely is). The KV cache itself
 #   is sized by VLLM_CPU_KVCACHE_SPACE.
 CPU_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "gpu_memory_utilization": 0.3}
+# Worker defaults everywhere (each overridable by its env var):
+# - tool_strict_level "parameter": a forced tool call (a named tool_choice, or
+#   "required") is held to the function's parameter schema. vLLM's default,
+#   "auto", holds only the call's envelope to the parser's syntax unless a
+#   tool says "strict": true, so a named call's arguments came back as any
+#   JSON (docs/TOOLS.md says why); with "auto" tool choice the model writes
+#   text freely until it opens a call, whose arguments then fit the schema.
+TOOL_DEFAULTS: dict[str, Any] = {"tool_strict_level": "parameter"}
+# The embedded model's own chat template renders no tools; this one renders
+# them in the Hermes format and, without tools, exactly what the model's does.
+EMBEDDED_CHAT_TEMPLATE = Path(__file__).resolve().with_name("smollm2_tool_chat_template.jinja")
 
 Source = Literal["embedded", "baked", "cached", "local", "hub"]
 
@@ -252,7 +263,9 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
     environ = os.environ if environ is None else environ
     choice = choose_model(settings, environ)
     group = Group.from_env(environ)
-    defaults: dict[str, Any] = {"model": choice.model}
+    defaults: dict[str, Any] = {"model": choice.model, **TOOL_DEFAULTS}
+    if choice.source == "embedded":
+        defaults["chat_template"] = str(EMBEDDED_CHAT_TEMPLATE)
     if group is not None:  # one node of several (cluster.py)
         defaults.update(group.flag_defaults(environ))
     if choice.tokenizer:
@@ -279,6 +292,7 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
         args.served_model_name = [choice.served_name]
     if os.path.isdir(args.model):
         check_parallelism(args)
+    choose_parsers(args, environ)
     size_batch(args, settings)
     one_worker = args.tensor_parallel_size * args.pipeline_parallel_size * args.data_parallel_size == 1
     if on_cpu() and one_worker and environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0":
@@ -292,6 +306,16 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
 
         config.environment.update(vi.CPU_SINGLE_PROCESS)
     return config
+
+
+def choose_parsers(args: Namespace, environ: Mapping[str, str]) -> None:
+    """The tool-call and reasoning parsers the user left unset, chosen from
+    the model's chat template (parsers.py), and logged with the reason."""
+    from . import parsers
+
+    reasons = parsers.apply(args, environ)
+    if reasons is not None:
+        logger.info(parsers.describe(reasons, args))
 
 
 def size_batch(args: Namespace, settings: Settings) -> None:

@@ -218,8 +218,8 @@ _assigns(_member(_AsyncMPClient, "_ensure_output_queue_task"), "resources", "out
 _has(current_platform, "is_cpu")
 _has(RequestOutputKind, "DELTA", "FINAL_ONLY")
 _has(SamplingParams, "__struct_fields__")  # a msgspec struct
-_has(ToolParserManager, "import_tool_parser")
-_has(ReasoningParserManager, "import_reasoning_parser")
+_has(ToolParserManager, "import_tool_parser", "list_registered")
+_has(ReasoningParserManager, "import_reasoning_parser", "list_registered")
 _assigns(_member(ModelConfig, "__post_init__"), "runner_type")
 _params(_resolve_content_format, "chat_template", "tools", "given_format", "tokenizer", "model_config")
 _has(_renderers, "load_renderer_cls")
@@ -373,6 +373,22 @@ def import_parser_plugins(args: Namespace) -> None:
         ToolParserManager.import_tool_parser(args.tool_parser_plugin)
     if args.reasoning_parser_plugin and len(args.reasoning_parser_plugin) > 3:
         ReasoningParserManager.import_reasoning_parser(args.reasoning_parser_plugin)
+
+
+def tool_parser_names() -> list[str]:
+    """Every name vLLM's registry of tool-call parsers answers to."""
+    return list(ToolParserManager.list_registered())
+
+
+def reasoning_parser_names() -> list[str]:
+    """Every name vLLM's registry of reasoning parsers answers to."""
+    return list(ReasoningParserManager.list_registered())
+
+
+def load_chat_template(chat_template: str) -> str | None:
+    """``--chat-template``'s text, as vLLM reads it: a file, vLLM's built-in
+    template of that name, or the template itself."""
+    return _load_chat_template(chat_template)
 
 
 def build_async_llm(args: Namespace, on_config: Callable[[Any], object] = lambda config: None) -> Any:

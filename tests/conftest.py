@@ -47,7 +47,8 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "max_tokens": 32}
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # The session's engine also serves a LoRA adapter (made by ``lora_adapter``)
-# under this name, and parses Hermes tool calls (test_lora.py, test_tool_calling.py).
+# under this name (test_lora.py). Tool calling is the worker's default for the
+# embedded model (test_tool_calling.py, test_frameworks.py): no env var sets it.
 LORA_NAME = "smollm2-test-lora"
 TOOL_TEMPLATE = Path(__file__).resolve().parent.parent / "handler" / "smollm2_tool_chat_template.jinja"
 
@@ -83,15 +84,12 @@ def lora_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def engine_environ(lora_adapter: Path) -> dict[str, str]:
-    """The process environment plus LoRA and tool calling, set as a user
-    would set them (worker-vllm's LORA_MODULES form)."""
+    """The process environment plus LoRA, set as a user would set it
+    (worker-vllm's LORA_MODULES form)."""
     return {
         **os.environ,
         "ENABLE_LORA": "true",
         "LORA_MODULES": json.dumps([{"name": LORA_NAME, "path": str(lora_adapter)}]),
-        "ENABLE_AUTO_TOOL_CHOICE": "true",
-        "TOOL_CALL_PARSER": "hermes",
-        "CHAT_TEMPLATE": str(TOOL_TEMPLATE),
     }
 
 

@@ -1,10 +1,13 @@
-"""Tool calling on the real engine: ENABLE_AUTO_TOOL_CHOICE, TOOL_CALL_PARSER=hermes
-and CHAT_TEMPLATE=handler/smollm2_tool_chat_template.jinja (conftest's engine).
+"""Tool calling on the real engine, with the worker's defaults (conftest's
+engine sets no tool variable): the embedded model's Hermes template
+(handler/smollm2_tool_chat_template.jinja), the ``hermes`` parser chosen from
+it, auto tool choice on, and TOOL_STRICT_LEVEL=parameter.
 
-The 135M model does not call tools reliably by itself, so these tests force
-its text with a ``structured_outputs`` regex that spells a Hermes tool call;
-vLLM's ``hermes`` parser then reads that text into ``tool_calls``, as it would
-a model's own."""
+The 135M model does not call tools by itself, so these tests force a call:
+with a named or ``required`` tool_choice, which vLLM holds to the function's
+schema, or (for ``auto``) with a ``structured_outputs`` regex that spells a
+Hermes tool call, which vLLM's ``hermes`` parser then reads into
+``tool_calls`` as it would a model's own text."""
 
 from __future__ import annotations
 
@@ -31,18 +34,12 @@ TOOLS = [
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 # the text of one Hermes tool call, as a regex (structured_outputs.regex)
 FORCED = {"regex": r'<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "Paris"\}\}\n</tool_call>'}
+# a named tool_choice, as the OpenAI SDK sends one
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def chat(**extra) -> dict:
-    body = {
-        "model": MODEL,
-        "messages": WEATHER,
-        "tools": TOOLS,
-        "temperature": 0,
-        "max_tokens": 64,
-        "structured_outputs": FORCED,
-        **extra,
-    }
+    body = {"model": MODEL, "messages": WEATHER, "tools": TOOLS, "temperature": 0, "max_tokens": 64, **extra}
     return {"openai_route": "/v1/chat/completions", "openai_input": body}
 
 
@@ -130,16 +127,8 @@ def test_streamed_tool_call_pieces_are_joined_by_index():
 # -- on the engine ---------------------------------------------------------------------
 
 
-async def test_an_openai_job_gets_a_parsed_tool_call(worker):
-    [answer] = await run_job(worker, chat())
-    [choice] = answer["choices"]
-    assert choice["finish_reason"] == "tool_calls"
-    assert not choice["message"]["content"]
-    assert_weather_call(choice["message"]["tool_calls"])
-
-
-async def test_a_streamed_openai_job_gets_the_tool_call_in_deltas(worker):
-    items = await run_job(worker, chat(stream=True))
+def streamed_choice(items: list) -> dict:
+    """The choice a client puts together from a streamed OpenAI job's deltas."""
     events = [
         json.loads(line[len("data: ") :]) for item in items for line in item.split("\n\n") if line.startswith("data: {")
     ]
@@ -159,36 +148,67 @@ async def test_a_streamed_openai_job_gets_the_tool_call_in_deltas(worker):
         for c in event["choices"]
     ]
     [choice] = native.merge(deltas)["choices"]
+    return choice
+
+
+async def test_a_named_tool_choice_gets_a_call_that_fits_the_functions_schema(worker):
+    """vLLM 0.32 held a named choice only to the Hermes envelope; the worker's
+    TOOL_STRICT_LEVEL=parameter holds the arguments to the schema too
+    (without it they came back as the schema itself: {"city": {"type": ...}})."""
+    [answer] = await run_job(worker, chat(tool_choice=NAMED))
+    [choice] = answer["choices"]
+    assert choice["finish_reason"] == "stop"  # OpenAI's for a named choice
+    assert not choice["message"]["content"]
+    assert_weather_call(choice["message"]["tool_calls"])
+
+    choice = streamed_choice(await run_job(worker, chat(tool_choice=NAMED, stream=True)))
+    assert_weather_call(choice["tool_calls"])
+
+
+async def test_a_required_tool_choice_gets_a_call_that_fits_the_functions_schema(worker):
+    [answer] = await run_job(worker, chat(tool_choice="required"))
+    [choice] = answer["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert_weather_call(choice["message"]["tool_calls"])
+
+    choice = streamed_choice(await run_job(worker, chat(tool_choice="required", stream=True)))
     assert choice["finish_reason"] == "tool_calls"
     assert_weather_call(choice["tool_calls"])
+
+
+async def test_auto_tool_choice_parses_the_models_own_text(worker):
+    for stream in (False, True):
+        items = await run_job(worker, chat(structured_outputs=FORCED, stream=stream))
+        choice = streamed_choice(items) if stream else items[0]["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        assert_weather_call(choice["tool_calls"] if stream else choice["message"]["tool_calls"])
 
 
 async def test_a_native_job_passes_tools_and_gets_tool_calls(worker):
     job = {
         "messages": WEATHER,
         "tools": TOOLS,
-        "tool_choice": "auto",
-        "sampling_params": {"temperature": 0, "max_tokens": 64, "structured_outputs": FORCED},
+        "tool_choice": "required",
+        "sampling_params": {"temperature": 0, "max_tokens": 64},
     }
     [output] = await run_job(worker, job)
     [choice] = output["choices"]
     assert choice["finish_reason"] == "tool_calls" and choice["tokens"] == [""]
     assert_weather_call(choice["tool_calls"])
 
-    streamed = await run_job(worker, {**job, "stream": True})
+    streamed = await run_job(worker, {**job, "tool_choice": NAMED, "stream": True})
     [choice] = native.merge(streamed)["choices"]  # a client joins the items as the worker joins a batch
-    assert choice["finish_reason"] == "tool_calls"
     assert_weather_call(choice["tool_calls"])
 
 
 async def test_a_request_with_tools_is_accepted_without_forcing(worker):
     """The model's own answer: a tool call or text, but no error."""
-    [answer] = await run_job(worker, chat(structured_outputs=None, max_tokens=16))
+    [answer] = await run_job(worker, chat(max_tokens=16))
     assert answer["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
 
 
 async def test_tool_choice_none_answers_in_text(worker):
-    [answer] = await run_job(worker, chat(tool_choice="none", structured_outputs=None, max_tokens=16))
+    [answer] = await run_job(worker, chat(tool_choice="none", max_tokens=16))
     assert not answer["choices"][0]["message"].get("tool_calls")
 
 

@@ -141,6 +141,22 @@ def dests(*names: str) -> Callable[[ModuleType], None]:
     return check
 
 
+def choice(dest: str, value: str) -> Callable[[ModuleType], None]:
+    """The serve parser's option for ``dest`` takes ``value`` (a default set
+    with set_defaults is not checked against the choices by argparse)."""
+
+    def check(vi: ModuleType) -> None:
+        parser = vi.make_arg_parser(vi.FlexibleArgumentParser(prog="test"))
+        [action] = [action for action in parser._actions if action.dest == dest] or [None]
+        assert action is not None, f"vLLM's serve parser has no dest {dest}"
+        assert value in (action.choices or ()), (
+            f"vLLM's --{dest.replace('_', '-')} takes {action.choices}, not {value!r}"
+        )
+
+    check.__doc__ = f"--{dest.replace('_', '-')} {value}"
+    return check
+
+
 def both(*checks: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
     def check(vi: ModuleType) -> None:
         for one in checks:
@@ -437,6 +453,28 @@ USES = [
         ),
     ),
     Use("handler/cluster.py", "vi.wait_for_a_worker_to_end(executor)", headless_node()),
+    # parsers.py: the tool-call and reasoning parsers chosen from the chat template
+    Use(
+        "handler/parsers.py",
+        "vi.tool_parser_names()",
+        both(has("ToolParserManager.list_registered"), dests("tool_call_parser", "enable_auto_tool_choice")),
+    ),
+    Use(
+        "handler/parsers.py",
+        "vi.reasoning_parser_names()",
+        both(has("ReasoningParserManager.list_registered"), dests("reasoning_parser")),
+    ),
+    Use(
+        "handler/parsers.py",
+        "return vi.load_chat_template(args.chat_template)",
+        both(has("_load_chat_template"), dests("chat_template", "tokenizer", "tokenizer_revision", "hf_token")),
+    ),
+    Use("handler/parsers.py", 'logger.warning("vLLM %s has no parser named %s', has("vllm_version")),
+    Use(
+        "handler/config.py",
+        'TOOL_DEFAULTS: dict[str, Any] = {"tool_strict_level": "parameter"}',
+        choice("tool_strict_level", "parameter"),
+    ),
     Use("handler/caches.py", 'MODEL_INFOS = "modelinfos"', model_infos_directory("modelinfos")),
     Use("handler/caches.py", 'STARTUP_PLAN = "VLLM_ENABLE_STARTUP_PLAN"', vllm_env("VLLM_ENABLE_STARTUP_PLAN")),
     Use(
