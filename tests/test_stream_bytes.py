@@ -6,7 +6,7 @@ OpenAI route and its /stream, and load-balancing mode. The bytes each path
 delivers are compared with tests/golden/streams.json, recorded before the
 front end's per-token work was cut (bench/frontend.py), so that no
 optimisation changes what a client receives. Only what differs between two
-runs of the same request is masked: response ids and creation times. How a
+runs of the same request is masked: response ids, creation times and vLLM's `system_fingerprint`. How a
 queue job's events fall into batches depends on timing, so queue outputs
 are compared joined (OpenAI: the SSE text; native: each choice's tokens, its
 finish reason and the last usage).
@@ -39,6 +39,9 @@ NATIVE = {"messages": MESSAGES, "sampling_params": {**SAMPLING, "n": 2, "seed": 
 VARYING = [  # (pattern, replacement): what two runs of one request may differ in
     (re.compile(r'"id": ?"(chatcmpl|cmpl)-[^"]*"'), r'"id":"\1-ID"'),
     (re.compile(r'"created": ?\d+'), '"created":0'),
+    # vLLM's own stamp of its configuration's hash, by a mode that is vLLM's
+    # global state (set by whichever app it built last in this process)
+    (re.compile(r',"system_fingerprint":"[^"]*"'), ""),
 ]
 
 

@@ -636,6 +636,7 @@ BARE_FLOORS = {
     ("bench/cold_start.py", "bare"),
     ("bench/load_balancing.py", "bare_boot"),
     ("bench/boot_steps.py", "vllm_engine_import"),
+    ("bench/frontend.py", "bare"),
 }
 
 
