@@ -143,12 +143,12 @@ async def fuzz(http: Any, inputs: list[Any], deadline: float, report: Report) ->
             )
         except Exception as error:  # noqa: BLE001 - the endpoint did not answer
             counts["crashes"] += 1
-            examples.setdefault("crash", f"{type(error).__name__}: {error}")
+            examples.setdefault("crash", f"{json.dumps(job_input)[:150]} -> {type(error).__name__}: {error}")
             return
         report.texts.append(answer.text)
         if answer.status_code >= 500:
             counts["crashes"] += 1
-            examples.setdefault("crash", answer.text[:200])
+            examples.setdefault("crash", f"{json.dumps(job_input)[:150]} -> {answer.text[:200]}")
             return
         if answer.status_code >= 400:
             ok = isinstance(answer.json().get("error"), str) if _is_json(answer) else False
