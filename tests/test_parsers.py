@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from test_config import MODEL_CONFIG
 
 from handler import config, parsers
 from handler import vllm_internals as vi
@@ -23,15 +24,7 @@ pytestmark = pytest.mark.vllm
 
 TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "chat_templates"
 GPT_OSS = ["GptOssForCausalLM"]
-# enough of a config.json for the start-up's tensor-parallel check
-SHAPE = {
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "hidden_size": 576,
-    "num_hidden_layers": 30,
-    "intermediate_size": 1536,
-    "vocab_size": 49152,
-}
+SHAPE = MODEL_CONFIG  # enough of a config.json for the start-up's tensor-parallel check
 # template file -> (tool-call parser, reasoning parser), as vLLM's docs pair them with the family
 EXPECTED = {
     "hermes_qwen2_5.jinja": ("hermes", None),
