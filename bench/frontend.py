@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cold_start import cpu_flags, embedded_dir, free_port, serving_on_loopback  # noqa: E402 - after the path
+from cold_start import cpu_flags, embedded_dir, free_port, serving_on_loopback, stop  # noqa: E402 - after the path
 
 from handler.config import EMBEDDED_SERVED_NAME as MODEL  # noqa: E402
 
@@ -104,12 +104,7 @@ class Process:
             raise RuntimeError(f"{self.popen.args!r} exited {self.popen.returncode}:\n{tail}")
 
     def stop(self) -> None:
-        self.popen.terminate()
-        try:
-            self.popen.wait(60)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+        stop(self.popen)
 
 
 # ---- paths over HTTP ----------------------------------------------------------------------------

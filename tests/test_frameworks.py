@@ -124,6 +124,15 @@ def assert_paris(answer: Any) -> None:
     assert isinstance(answer, str) and "Paris" in answer, answer
 
 
+def assert_streamed_paris(calls: Any, whole: str) -> None:
+    """The ``whole`` answer names Paris, and the ``stream`` call gave the same
+    text in more than three non-empty pieces."""
+    answer = value(calls, whole)
+    assert_paris(answer)
+    pieces = value(calls, "stream")
+    assert "".join(pieces) == answer and len([piece for piece in pieces if piece]) > 3, pieces
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_autogen(results, mode):
     calls = calls_of(results, "autogen", mode)
@@ -145,10 +154,7 @@ def test_autogen(results, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_langchain(results, mode):
     calls = calls_of(results, "langchain", mode)
-    answer = value(calls, "invoke")
-    assert_paris(answer)
-    pieces = value(calls, "stream")
-    assert "".join(pieces) == answer and len([piece for piece in pieces if piece]) > 3, pieces
+    assert_streamed_paris(calls, "invoke")
     bound = value(calls, "bind_tools")
     assert [(call["name"], call["args"]) for call in bound["tool_calls"]] == [("get_weather", {"city": "Paris"})]
     assert_city(value(calls, "structured_json_schema"))
@@ -184,10 +190,7 @@ def test_pydantic_ai(results, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_litellm(results, mode):
     calls = calls_of(results, "litellm", mode)
-    answer = value(calls, "completion")
-    assert_paris(answer)
-    pieces = value(calls, "stream")
-    assert "".join(pieces) == answer and len([piece for piece in pieces if piece]) > 3, pieces
+    assert_streamed_paris(calls, "completion")
 
 
 # --- the README's "Works with" table -----------------------------------------------------
