@@ -314,7 +314,14 @@ class Engine:
         self.mark("ready")
         self._ready = Ready(llm, app, args, served, time.perf_counter() - began, drafted, dict(self._marks))
         self._watchdog = asyncio.create_task(self._watch())
-        logger.info("engine ready in %.1f s, serving %s", self._ready.boot_seconds, served)
+        loop = type(asyncio.get_running_loop())
+        logger.info(
+            "engine ready in %.1f s, serving %s (event loop: %s.%s)",
+            self._ready.boot_seconds,
+            served,
+            loop.__module__,
+            loop.__qualname__,
+        )
         logger.info("boot marks (seconds since process start): %s", json.dumps(self._ready.marks))
         return self._ready
 

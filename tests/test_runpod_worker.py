@@ -116,6 +116,8 @@ async def test_production_entrypoint_serves_runpod_jobs(tmp_path):
     assert output.index("engine configuration (vLLM") < output.index("forgetting 1 job(s)")
     # the worker's own INFO lines survive vLLM's app build (vi.build_app)
     assert "handler.engine: engine ready in" in output
+    # the SDK's asyncio.run made a uvloop loop, as vllm serve runs on (handler/event_loop.py)
+    assert "(event loop: uvloop.Loop)" in output
     # the SDK's fitness checks ran in a subprocess (handler/fitness.py: its
     # three system checks; a GPU adds the CUDA ones), and the SDK's own run
     # in this process ran just the one check that reports that verdict
