@@ -8,8 +8,9 @@ HTTP server. That process's CPU seconds per token are the worker's ceiling.
 The same load (16 concurrent chat completions of 128 greedy tokens,
 ignore_eos, the embedded model) goes, in rotated order each round, through:
 
-- vLLM's own server (`vllm.entrypoints.openai.api_server`), streamed: the
-  reference every ratio is taken against;
+- vLLM's own server (`vllm.entrypoints.openai.api_server`), streamed, with
+  the worker's chat template, parsers and tool strictness: the reference
+  every ratio is taken against;
 - load-balancing mode (`python -m handler http`), streamed;
 - the local endpoint's OpenAI route (`python -m handler serve`), streamed;
 - the production queue worker (`python -m handler` under the runpod SDK),
@@ -63,6 +64,13 @@ MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse k
 SAMPLING = {"max_tokens": TOKENS, "ignore_eos": True, "temperature": 0}
 REFERENCE = "vLLM's own server (vllm serve), streamed"
 FLOOR = "AsyncLLM.generate, no server (bare script)"
+SDK = "queue worker under the runpod SDK"
+# A second production worker with a far smaller post budget: the same path
+# with fewer stream posts, so that a post's cost and the rest of a token's
+# are told apart, from two rows measured side by side.
+FEW_POSTS = {"STREAM_BATCHES_PER_S": "5"}
+DEFAULT_STREAMED = f"{SDK}: OpenAI job, streamed"
+FEW_STREAMED = f"{SDK}: OpenAI job, streamed, STREAM_BATCHES_PER_S={FEW_POSTS['STREAM_BATCHES_PER_S']}"
 TICK = os.sysconf("SC_CLK_TCK")
 # The worker's engine settings on the CPU (one model worker in EngineCore,
 # forked), given to vLLM's server and the bare script too: one engine, many fronts.
@@ -145,10 +153,31 @@ class HTTPPath:
         return sum(counts)
 
 
+def serving_flags() -> list[str]:
+    """The worker's own serving settings as `vllm serve` flags: the chat
+    template, the tool-call and reasoning parsers it chose from it, and its
+    tool strictness. Without them vLLM's server would skip the per-token
+    parser work every worker path does, and the reference would be cheaper
+    for a reason that is no part of the front end."""
+    from handler.config import engine_config
+    from handler.settings import Settings
+
+    environ = env()
+    args = engine_config(Settings.from_env(environ), environ).args
+    flags = ["--chat-template", str(args.chat_template), "--tool-strict-level", str(args.tool_strict_level)]
+    if args.tool_call_parser:
+        flags += ["--tool-call-parser", args.tool_call_parser]
+    if args.enable_auto_tool_choice:
+        flags += ["--enable-auto-tool-choice"]
+    if args.reasoning_parser:
+        flags += ["--reasoning-parser", args.reasoning_parser]
+    return flags
+
+
 def vllm_server(port: int) -> HTTPPath:
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_dir())]
-    command += ["--served-model-name", MODEL, *cpu_flags(), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--max-num-seqs", "30", "--disable-uvicorn-access-log"]
+    command += ["--served-model-name", MODEL, *cpu_flags(), *serving_flags(), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--max-num-seqs", "30", "--disable-uvicorn-access-log"]
     process = Process(command, env())
     return HTTPPath(process, f"http://127.0.0.1:{port}/v1/chat/completions", "/health")
 
@@ -199,7 +228,9 @@ def stand_in() -> Any:
 class SDKWorker:
     """`python -m handler` under the runpod SDK, fed by the stand-in."""
 
-    def __init__(self, url: str, platform: Any, profile_to: Path | None = None) -> None:
+    def __init__(
+        self, url: str, platform: Any, profile_to: Path | None = None, extra: dict[str, str] | None = None
+    ) -> None:
         from fake_runpod import worker_env
 
         self.platform = platform
@@ -207,7 +238,7 @@ class SDKWorker:
         command = [sys.executable, "-m", "handler"]
         if profile_to is not None:
             command = [sys.executable, str(Path(__file__).resolve()), "--profiled-worker", str(profile_to)]
-        environ = env(PYTHONPATH=str(ROOT), **worker_env(url))
+        environ = env(PYTHONPATH=str(ROOT), **worker_env(url), **(extra or {}))
         self.process = Process(command, environ, cwd=self.cwd)
         self.jobs = 0
         self.last_posts = 0.0  # stream posts per job in the last round
@@ -325,23 +356,26 @@ async def measure(pid: int, run: Callable[[], Awaitable[int]]) -> dict[str, floa
 async def run(rounds: int, only: list[str]) -> dict[str, list[dict[str, float]]]:
     import httpx
 
-    platform = stand_in()
+    platform, few_platform = stand_in(), stand_in()
     results: dict[str, list[dict[str, float]]] = {}
-    with serving_on_loopback(platform.app()) as api_url:
+    with serving_on_loopback(platform.app()) as api_url, serving_on_loopback(few_platform.app()) as few_url:
         sdk = SDKWorker(api_url, platform)
+        few = SDKWorker(few_url, few_platform, extra=FEW_POSTS)
         servers = {
             REFERENCE: vllm_server(free_port()),
             "load-balancing mode (handler http), streamed": worker_server("http", free_port()),
             "local endpoint, OpenAI route (handler serve), streamed": worker_server("serve", free_port()),
         }
         floor = BarePath()
-        every: list[HTTPPath | SDKWorker | BarePath] = [*servers.values(), sdk, floor]
+        every: list[HTTPPath | SDKWorker | BarePath] = [*servers.values(), sdk, few, floor]
         paths: dict[str, tuple[int, Callable[[Any], Awaitable[int]] | None]] = {
             name: (server.process.pid, server.round) for name, server in servers.items()
         }
         for kind, stream in (("OpenAI", True), ("native", True), ("OpenAI", False), ("native", False)):
-            name = f"queue worker under the runpod SDK: {kind} job{', streamed' if stream else ''}"
+            name = f"{SDK}: {kind} job{', streamed' if stream else ''}"
             paths[name] = (sdk.process.pid, sdk.path(kind.lower(), stream))
+        paths[FEW_STREAMED] = (few.process.pid, few.path("openai", True))
+        workers = {sdk.process.pid: sdk, few.process.pid: few}
         paths[FLOOR] = (floor.popen.pid, None)
         limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY * 2)
         try:
@@ -359,8 +393,8 @@ async def run(rounds: int, only: list[str]) -> dict[str, list[dict[str, float]]]
                             result = await floor.measure()
                         else:
                             result = await measure(pid, functools.partial(path, http))
-                            if pid == sdk.process.pid:
-                                result["posts"] = sdk.last_posts
+                            if pid in workers:
+                                result["posts"] = workers[pid].last_posts
                         if number:
                             results.setdefault(name, []).append(result)
                             per_token = result["cpu"] / result["tokens"] * 1e6
@@ -369,6 +403,7 @@ async def run(rounds: int, only: list[str]) -> dict[str, list[dict[str, float]]]
             for server in servers.values():
                 server.process.stop()
             sdk.process.stop()
+            few.process.stop()
             floor.stop()
     return results
 
@@ -397,6 +432,33 @@ def table(results: dict[str, list[dict[str, float]]], rounds: int) -> None:
             f"| {name} | {cost:.0f} µs | {cost / reference:.2f}x | ≈ {1e6 / cost:,.0f} tokens/s | "
             f"{rate(name):.0f} | {rate(name) / ceiling:.3f} | {f'{posts:.1f}' if posts else '-'} |"
         )
+    if DEFAULT_STREAMED in results and FEW_STREAMED in results:
+        posts_split(results, per_token(DEFAULT_STREAMED), per_token(FEW_STREAMED), reference)
+
+
+def posts_split(results: dict[str, list[dict[str, float]]], many: float, few: float, reference: float) -> None:
+    """A stream post's CPU and a token's without posts, from the two queue
+    rows that differ only in their post budget."""
+
+    def posts_per_token(name: str) -> float:
+        return sum(r["posts"] for r in results[name]) * CONCURRENCY / sum(r["tokens"] for r in results[name])
+
+    extra_posts = posts_per_token(DEFAULT_STREAMED) - posts_per_token(FEW_STREAMED)
+    if extra_posts <= 0:
+        print("\n(the two queue rows sent as many posts: no split)")
+        return
+    post = (many - few) / extra_posts
+    token = many - post * posts_per_token(DEFAULT_STREAMED)
+    from handler.settings import Settings
+
+    budget = Settings.model_fields["stream_batches_per_s"].default
+    print(
+        f"\nfrom the two streamed OpenAI queue rows: a stream post costs the front end ≈ {post:.0f} µs; "
+        f"a token, posts aside, ≈ {token:.0f} µs = {token / reference:.2f}x vllm serve's. "
+        f"At the default budget ({budget:.0f} posts a second) posts take ≈ {budget * post / 1e4:.1f} % of a core "
+        f"(plus each job's first-token and last posts), so the ceiling on one core is "
+        f"≈ {(1 - budget * post / 1e6) / token * 1e6:,.0f} tokens/s"
+    )
 
 
 # ---- the profile --------------------------------------------------------------------------------
