@@ -137,3 +137,34 @@ async def test_eight_concurrent_jobs_get_their_own_answers(worker):
         assert job_error(items) is None
         assert native_text(items).startswith(f" {n + 3}, {n + 4}"), (n, native_text(items))
     assert "Paris" in native_text(results[-1])
+
+
+async def test_jobs_streaming_together_share_the_post_budget(engine):
+    """STREAM_BATCHES_PER_S is one budget for the whole worker: while four
+    jobs stream, each one's batches wait four times as long as one job's
+    alone, so that together they post no more often (bench/frontend.py
+    measures what a post costs)."""
+    from handler.settings import Settings
+    from handler.worker import Worker
+
+    worker = Worker(engine, Settings(stream_batch_max_ms=100, stream_batches_per_s=2))
+    job = {"prompt": "1,", "sampling_params": {"max_tokens": 48, "ignore_eos": True, "temperature": 0}, "stream": True}
+    waits: list[float] = []
+
+    async def watch() -> None:
+        while True:
+            waits.append(worker.batch_delay_s())
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        runs = await asyncio.gather(*(run_job(worker, job, f"together-{n}") for n in range(4)))
+    finally:
+        watcher.cancel()
+    assert max(waits) == 4 / 2, "four streaming jobs: each batch waits up to 2 s"
+    assert worker.streaming == 0 and worker.batch_delay_s() == 0.1, "none streaming: STREAM_BATCH_MAX_MS"
+    for items in runs:
+        assert job_error(items) is None
+        assert sum(len(c["tokens"]) for item in items for c in item["choices"]) == 48
+        # the first token alone, then batches of up to 2 s: far fewer items than tokens
+        assert len(items) <= 1 + 8, len(items)
