@@ -67,3 +67,19 @@ def test_the_readme_links_every_page():
     linked = set(re.findall(r"\]\(docs/([\w-]+\.md)(?:#[\w-]+)?\)", readme))
     assert linked == {path.name for path in DOCS.glob("*.md")} - {"index.md"}
     assert len(readme.splitlines()) <= 200, "the README is a landing page; put the detail on a docs page"
+
+
+def test_nested_blocks_are_indented_four_spaces():
+    """mkdocs' Markdown nests a list or a code block in a list item only when
+    it is indented four spaces (GitHub takes fewer): with two or three, the
+    page shows it flat."""
+    for page in sorted(DOCS.glob("*.md")):
+        fenced = False
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            text = line.lstrip(" ")
+            indent = len(line) - len(text)
+            if text.startswith("```"):
+                fenced = not fenced
+                assert fenced is False or indent % 4 == 0, f"{page.name}:{number}: a fence indented {indent}"
+            elif not fenced and 1 <= indent <= 3:
+                assert not re.match(r"(- |\* |\d+\. )", text), f"{page.name}:{number}: a nested list indented {indent}"
