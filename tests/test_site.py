@@ -119,7 +119,9 @@ async def test_the_site_in_a_browser(site, browser, tmp_path_factory):
         # the search index is built and answers
         await page.goto(f"{url}/")
         await page.locator("label.md-search__icon, .md-search__input").first.click()
-        await page.locator("input.md-search__input").fill("LeaderWorkerSet")
+        # the search index loads in a worker; a query typed before it is ready finds nothing
+        await expect(page.locator(".md-search-result__meta")).not_to_have_text(re.compile("Initializing"))
+        await page.locator("input.md-search__input").press_sequentially("LeaderWorkerSet")  # keys, as a user types
         await expect(page.locator(".md-search-result__item").first).to_be_visible()
         await page.keyboard.press("Escape")
         await page.goto(f"{url}/performance/#cold-start-measured")
