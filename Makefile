@@ -5,6 +5,8 @@
 #   make test-fast - the tests that need no engine and no vLLM (seconds)
 #   make lint   - ruff (lint and format check) and mypy, as configured in pyproject.toml;
 #                 make test runs it first
+#   make docs   - the documentation site, docs/ -> site/ (mkdocs --strict, in .venv-docs);
+#                 make test runs it, so a broken link or anchor fails the tests
 #   make serve  - a local RunPod endpoint (and /openai/v1) on 127.0.0.1:8000
 #   make http   - load-balancing mode: vLLM's OpenAI server and /ping on 127.0.0.1:8000
 VENV   := .venv
@@ -15,7 +17,7 @@ PYTHON := $(VENV)/bin/python
 # vLLM on CPU sizes its KV cache from this (GiB); 2 is plenty for the embedded model.
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-.PHONY: setup clients model run test test-fast lint serve http bench clean
+.PHONY: setup clients docs model run test test-fast lint serve http bench clean
 
 setup:
 	@PYTHON="$(BASE_PYTHON)" bash builder/setup_venv.sh
@@ -23,6 +25,12 @@ setup:
 # The agent frameworks tests/test_frameworks.py drives, in their own venv.
 clients:
 	@PYTHON="$(BASE_PYTHON)" bash builder/setup_clients.sh
+
+# The documentation site, from its own venv; strict: a warning (a broken link or
+# anchor, a page missing from nav) fails the build. Offline: no fetching plugin.
+docs:
+	@PYTHON="$(BASE_PYTHON)" bash builder/setup_docs.sh
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict
 
 model: setup
 	@$(PYTHON) -m handler prepare
@@ -36,7 +44,7 @@ serve: model
 http: model
 	$(PYTHON) -m handler http $(if $(PORT),--port $(PORT))
 
-test: model lint clients
+test: model lint clients docs
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # No engine, no vLLM import (conftest's --fast fails the run if a test imports it).
@@ -53,4 +61,4 @@ bench: model
 	$(PYTHON) bench/overhead.py
 
 clean:
-	rm -rf $(VENV) .venv-clients
+	rm -rf $(VENV) .venv-clients .venv-docs site

@@ -13,7 +13,7 @@ as ``VLLM_CACHE_ROOT`` (BAKED_VLLM_CACHE; see handler/caches.py).
 
 vLLM's other caches cannot be made here: torch.compile and CUDA-graph work,
 Triton, Inductor and FlashInfer JIT kernels and the startup plan all need the
-GPU they run on (README: Caches).
+GPU they run on (docs/deploying.md: Cold start).
 """
 
 from __future__ import annotations

@@ -345,7 +345,7 @@ async def run_one(path: Path, *, timings: bool = False) -> int:
     marks["imports"] = since_process_start()
     job.setdefault("id", "local-run")
     output: list[Any] = []
-    status = 0
+    final = ""  # the answer, or the job's error: printed once vLLM has shut down and logged it, so it ends the run
     try:
         try:
             await engine.start()  # what the job would trigger; started here to time it
@@ -354,20 +354,20 @@ async def run_one(path: Path, *, timings: bool = False) -> int:
             pass  # the handler yields the same error below
         async for item in worker.handle(job):
             if isinstance(item, dict) and "error" in item:
-                print(f"[error] {item['error']}", flush=True)
-                status = 1
+                final = f"[error] {item['error']}"
                 break
             if not output:
                 marks["first_item"] = since_process_start()
             print(f"[stream] {json.dumps(item)}", flush=True)
             output.append(item)
         else:
-            print(f"[output] {json.dumps({'status': 'COMPLETED', 'output': output})}", flush=True)
+            final = f"[output] {json.dumps({'status': 'COMPLETED', 'output': output})}"
     finally:
+        await engine.shutdown()
         if timings:
             print(f"[timings] {json.dumps(marks)}", flush=True)
-        await engine.shutdown()
-    return status
+    print(final, flush=True)
+    return 1 if final.startswith("[error]") else 0
 
 
 def exit_cleanly(status: int | str | None) -> NoReturn:

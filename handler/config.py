@@ -61,7 +61,7 @@ CPU_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "gpu_memory_utilization":
 #   "required") is held to the function's parameter schema. vLLM's default,
 #   "auto", holds only the call's envelope to the parser's syntax unless a
 #   tool says "strict": true, so a named call's arguments came back as any
-#   JSON (docs/TOOLS.md says why); with "auto" tool choice the model writes
+#   JSON (docs/tools.md says why); with "auto" tool choice the model writes
 #   text freely until it opens a call, whose arguments then fit the schema.
 TOOL_DEFAULTS: dict[str, Any] = {"tool_strict_level": "parameter"}
 # The embedded model's own chat template renders no tools; this one renders
@@ -301,7 +301,7 @@ def engine_config(settings: Settings, environ: Mapping[str, str] | None = None) 
         # GPU (on the CPU vLLM otherwise spawns a second process for it), and
         # EngineCore forked, not spawned, as vLLM does on a GPU. Measured on
         # 2 cores: two process starts with their vLLM imports fewer at boot,
-        # and 1.4x the tokens/s (README: Cold start).
+        # and 1.4x the tokens/s (docs/deploying.md: Cold start).
         from . import vllm_internals as vi
 
         config.environment.update(vi.CPU_SINGLE_PROCESS)

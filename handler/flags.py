@@ -325,7 +325,7 @@ def _redact_argv(argv: list[str]) -> str:
 
 
 def reference() -> str:
-    """docs/ENVIRONMENT.md's table of every vLLM flag as an env var (a test
+    """docs/configuration.md's table of every vLLM flag as an env var (a test
     keeps the file equal to this)."""
     parser = new_parser()
     rows = ["| env var | vLLM flag | default |", "|---|---|---|"]

@@ -21,7 +21,7 @@ from typing import Any
 from .plan import GROUP_PORT, NodeSplit, group_settings
 
 NAME = "vllm-worker"
-IMAGE = "<you>/vllm-worker"  # the image you built and pushed (README: Deploy)
+IMAGE = "<you>/vllm-worker"  # the image you built and pushed (docs/deploying.md)
 API_VERSION = "leaderworkerset.x-k8s.io/v1"
 # The token as a Kubernetes secret (kubectl create secret generic hf-token
 # --from-literal=token=...), never in the manifest; optional for open models.

@@ -18,7 +18,7 @@ With a tool-call parser, chosen or set, auto tool choice is on.
 ``TOOL_CALL_PARSER``, ``REASONING_PARSER`` and ``ENABLE_AUTO_TOOL_CHOICE`` set
 by the user always win; ``none`` as a parser's name means no parser. A
 template that matches no syntax, or cannot be read, leaves vLLM's defaults
-(no parser). docs/TOOLS.md has the table of syntaxes.
+(no parser). docs/tools.md has the table of syntaxes.
 """
 
 from __future__ import annotations

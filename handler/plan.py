@@ -664,7 +664,7 @@ def _quantized_line(label: str, sized: Plan) -> str:
 def _node_lines(plan: Plan, model_name: str) -> list[str]:
     lines = [
         "- Several nodes, this image on each: tensor parallel inside a node, pipeline parallel across nodes",
-        '  (README: "When a model outgrows one worker"). $/hour at the Serverless rates above, to compare:',
+        '  (docs/sizing.md: "When a model outgrows one worker"). $/hour at the Serverless rates above, to compare:',
         "  Instant Clusters and Kubernetes bill their own rates.",
         f"    nodes | GPUs per node | card GB | {'RunPod GPUs':<{_pool_width(plan)}} | $/hour",
         *(_split_row(split, _pool_width(plan)) for split in plan.node_splits),

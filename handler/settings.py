@@ -1,7 +1,7 @@
 """Worker settings: everything the worker reads from the environment that is not
 a vLLM flag (vLLM flags are derived from vLLM's own parser in ``flags.py``).
 
-One typed object, read once; the README's settings table is checked against it.
+One typed object, read once; the settings table in docs/configuration.md is checked against it.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Settings(BaseModel):
 
     @classmethod
     def reference(cls) -> str:
-        """The README's table of worker settings (a test keeps them equal)."""
+        """docs/configuration.md's table of worker settings (a test keeps them equal)."""
         rows = ["| variable | default | what it does |", "|---|---|---|"]
         for name, field in cls.model_fields.items():
             if field.default_factory is not None:

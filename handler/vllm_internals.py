@@ -3,7 +3,7 @@
 No other module of the worker imports vLLM or touches its internals: they use
 the names and small helpers here. An upgrade is therefore a change to this
 module (and its contract test, ``tests/test_vllm_contract.py``), and
-docs/UPGRADING.md says how to make one.
+docs/upgrading.md says how to make one.
 
 Every name is looked up when this module is imported, with the module paths
 of neighbouring vLLM releases as fallbacks (vLLM moves its entrypoint modules:
@@ -132,7 +132,7 @@ def serve_parser(prog: str) -> argparse.ArgumentParser:
     dests = {action.dest for action in parser_actions(parser)}
     lacking = [dest for dest in SERVE_DESTS if dest not in dests]
     if lacking:
-        raise ImportError(f"vLLM {vllm_version}'s serve parser has no {', '.join(lacking)}; see docs/UPGRADING.md")
+        raise ImportError(f"vLLM {vllm_version}'s serve parser has no {', '.join(lacking)}; see docs/upgrading.md")
     return parser
 
 
@@ -746,7 +746,7 @@ def _check(names: Iterable[str]) -> None:
     if names:
         raise ImportError(
             f"vLLM {vllm_version} lacks {len(names)} thing(s) the worker uses "
-            "(handler/vllm_internals.py; docs/UPGRADING.md says what to do):\n  - " + "\n  - ".join(names)
+            "(handler/vllm_internals.py; docs/upgrading.md says what to do):\n  - " + "\n  - ".join(names)
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import sys
 from contextlib import asynccontextmanager
@@ -128,6 +129,47 @@ def native_text(items: list[Any], index: int = 0) -> str:
     return "".join(
         token for item in items for choice in item["choices"] if choice["index"] == index for token in choice["tokens"]
     )
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium() -> str | None:
+    for candidate in (
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+async def browser():
+    """Headless Chromium (Debian's chromium, driven by playwright), for the
+    playground's and the documentation site's tests."""
+    path = chromium()
+    if path is None:
+        reason = "no Chromium found: install Debian's chromium (apt-get install chromium) or set CHROMIUM"
+        if os.environ.get("CI") == "true":  # .ci/run installs it: a missing one is a failure there
+            pytest.fail(reason)
+        print(f"skipping the browser tests: {reason}")
+        pytest.skip(reason)
+    async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
+    async_api.expect.set_options(timeout=60_000)
+    async with async_api.async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
 
 
 @asynccontextmanager

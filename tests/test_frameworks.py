@@ -193,7 +193,7 @@ def test_litellm(results, mode):
     assert_streamed_paris(calls, "completion")
 
 
-# --- the README's "Works with" table -----------------------------------------------------
+# --- the "Works with" table (docs/tools.md) ----------------------------------------------
 
 
 def pins() -> dict[str, str]:
@@ -202,7 +202,7 @@ def pins() -> dict[str, str]:
 
 
 def works_with_table() -> str:
-    """The README's table, from the frameworks the suite runs and their pins."""
+    """The docs' table, from the frameworks the suite runs and their pins."""
     rows = ["| framework | version tested | what works, tools included | point it at RunPod |", "|---|---|---|---|"]
     versions = pins()
     for framework in FRAMEWORKS.values():
@@ -212,10 +212,10 @@ def works_with_table() -> str:
     return "\n".join(rows)
 
 
-def test_the_readme_lists_the_frameworks_the_suite_runs():
-    readme = (ROOT / "README.md").read_text()
-    assert works_with_table() in readme, (
-        "regenerate README's Works with table: .venv/bin/python -c "
+def test_the_docs_list_the_frameworks_the_suite_runs():
+    page = (ROOT / "docs" / "tools.md").read_text()
+    assert works_with_table() in page, (
+        "regenerate docs/tools.md's Works with table: .venv/bin/python -c "
         "\"import sys; sys.path[:0] = ['tests']; from test_frameworks import works_with_table; print(works_with_table())\""
     )
 

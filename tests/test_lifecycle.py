@@ -32,6 +32,24 @@ def run_handler(*args: str, env: dict[str, str], timeout: float = 300) -> subpro
     )
 
 
+def test_run_ends_with_the_answer():
+    """`make run` (``handler run``), as a terminal shows it, stdout and stderr
+    together: vLLM logs its shutdown before the answer, which is the last line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "handler", "run"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert any("[shutdown]" in line for line in lines), "vLLM's shutdown log is shown, not hidden"
+    assert lines[-1].startswith('[output] {"status": "COMPLETED"'), lines[-5:]
+    assert "Paris" in lines[-1]
+
+
 def test_bad_setting_stops_startup_with_one_line():
     result = run_handler("run", env={"MAX_MODEL_LEN": "abc"})
     assert result.returncode == 2
@@ -57,7 +75,7 @@ def test_missing_model_fails_the_job_readably_and_exits_non_zero(tmp_path):
         "run", "--input", str(job), env={"MODEL_NAME": str(tmp_path / "no-such-model"), "HF_TOKEN": secret}
     )
     assert result.returncode == 1
-    assert "[error]" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("[error]")
     assert "no-such-model" in result.stdout
     assert secret not in result.stdout + result.stderr
     assert "'hf_token': '***'" in result.stderr

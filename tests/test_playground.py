@@ -1,6 +1,6 @@
 """The chat playground, in a real browser (Debian's chromium driven by
-playwright) on the real engine: served by the local endpoint, and by
-``python -m handler playground``'s proxy in front of it."""
+playwright, conftest's ``browser``) on the real engine: served by the local
+endpoint, and by ``python -m handler playground``'s proxy in front of it."""
 
 from __future__ import annotations
 
@@ -29,14 +29,6 @@ QUESTION = "What is the capital of France?"
 # the chat template's own default, so the answer is the one without a system prompt
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 STORY = "Write a very long story about a dragon who learns to cook."
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # every piece of text the last answer showed, one entry per change of the page
 RECORD_STEPS = """
 window.__steps = [];
@@ -47,35 +39,6 @@ new MutationObserver(() => {
   if (text && steps[steps.length - 1] !== text) steps.push(text);
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
-
-
-def chromium() -> str | None:
-    for candidate in (
-        os.environ.get("CHROMIUM"),
-        "/usr/bin/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-async def browser():
-    path = chromium()
-    if path is None:
-        reason = "no Chromium found: install Debian's chromium (apt-get install chromium) or set CHROMIUM"
-        if os.environ.get("CI") == "true":  # .ci/run installs it: a missing one is a failure there
-            pytest.fail(reason)
-        print(f"skipping the playground's browser tests: {reason}")
-        pytest.skip(reason)
-    async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
-    async_api.expect.set_options(timeout=60_000)
-    async with async_api.async_playwright() as driver:
-        browser = await driver.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 @asynccontextmanager

@@ -109,4 +109,5 @@ def test_the_supported_python_range_is_stated_once_and_documented():
     spec = re.search(r'requires-python = "([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     low, high = re.fullmatch(r">=(\d+\.\d+),<(\d+\.\d+)", spec).groups()
     last = f"{high.split('.')[0]}.{int(high.split('.')[1]) - 1}"
-    assert f"Python {low}–{last}" in (ROOT / "README.md").read_text()
+    for page in ("README.md", "docs/local.md"):
+        assert f"Python {low}–{last}" in (ROOT / page).read_text(), page

@@ -76,7 +76,7 @@ def test_the_docs_name_the_same_versions():
     for name, text in docs.items():
         for found in pattern.findall(text):
             assert found == VLLM_VERSION, f"{name} names vLLM {found}; the Dockerfile builds {VLLM_VERSION}"
-    readme = docs["README.md"]
-    assert f"CUDA {CUDA_VERSION}" in readme
     filter_line = json.dumps([v for v in RUNPOD_CUDA_VERSIONS if as_tuple(v) >= as_tuple(CUDA_VERSION)])
-    assert filter_line in readme, "the README shows the CUDA filter to select"
+    for name in ("README.md", "deploying.md"):  # the README's steps, and the page that says why
+        assert f"CUDA {CUDA_VERSION}" in docs[name], name
+        assert filter_line in docs[name], f"{name} shows the CUDA filter to select"

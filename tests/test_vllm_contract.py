@@ -11,7 +11,7 @@ vLLM fails here by name. The rest is behaviour on the real engine: the output
 loops run before the first request, and a dead EngineCore is noticed both by
 the worker's watchdog and by vLLM's own ``app.state.server`` path.
 
-docs/UPGRADING.md says how to read a failure.
+docs/upgrading.md says how to read a failure.
 """
 
 from __future__ import annotations

@@ -264,7 +264,7 @@ def litellm(base_url: str, model: str) -> dict[str, Callable[[], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Framework:
-    """One framework: the package the README's "Works with" table names (its
+    """One framework: the package the "Works with" table (docs/tools.md) names (its
     version is the pin in requirements.txt), the calls made here, each as the
     table lists it, and how a user points it at a RunPod endpoint."""
 
