@@ -69,8 +69,10 @@ SDK = "queue worker under the runpod SDK"
 # with fewer stream posts, so that a post's cost and the rest of a token's
 # are told apart, from two rows measured side by side.
 FEW_POSTS = {"STREAM_BATCHES_PER_S": "5"}
-DEFAULT_STREAMED = f"{SDK}: OpenAI job, streamed"
-FEW_STREAMED = f"{SDK}: OpenAI job, streamed, STREAM_BATCHES_PER_S={FEW_POSTS['STREAM_BATCHES_PER_S']}"
+SPLITS = {  # a default streamed queue row -> the same jobs with fewer posts
+    f"{SDK}: {kind} job, streamed": f"{SDK}: {kind} job, streamed, STREAM_BATCHES_PER_S={FEW_POSTS['STREAM_BATCHES_PER_S']}"
+    for kind in ("OpenAI", "native")
+}
 TICK = os.sysconf("SC_CLK_TCK")
 # The worker's engine settings on the CPU (one model worker in EngineCore,
 # forked), given to vLLM's server and the bare script too: one engine, many fronts.
@@ -174,6 +176,17 @@ def serving_flags() -> list[str]:
     return flags
 
 
+def serving_env() -> dict[str, str]:
+    """``serving_flags`` as the worker's environment variables, for a worker
+    from an older checkout that did not choose them itself."""
+    flags, environ = serving_flags(), {}
+    for index, flag in enumerate(flags):
+        if flag.startswith("--"):
+            value = flags[index + 1] if index + 1 < len(flags) and not flags[index + 1].startswith("--") else "true"
+            environ[flag[2:].replace("-", "_").upper()] = value
+    return environ
+
+
 def vllm_server(port: int) -> HTTPPath:
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_dir())]
     command += ["--served-model-name", MODEL, *cpu_flags(), *serving_flags(), "--host", "127.0.0.1"]
@@ -229,7 +242,12 @@ class SDKWorker:
     """`python -m handler` under the runpod SDK, fed by the stand-in."""
 
     def __init__(
-        self, url: str, platform: Any, profile_to: Path | None = None, extra: dict[str, str] | None = None
+        self,
+        url: str,
+        platform: Any,
+        profile_to: Path | None = None,
+        extra: dict[str, str] | None = None,
+        tree: Path = ROOT,
     ) -> None:
         from fake_runpod import worker_env
 
@@ -238,7 +256,7 @@ class SDKWorker:
         command = [sys.executable, "-m", "handler"]
         if profile_to is not None:
             command = [sys.executable, str(Path(__file__).resolve()), "--profiled-worker", str(profile_to)]
-        environ = env(PYTHONPATH=str(ROOT), **worker_env(url), **(extra or {}))
+        environ = env(PYTHONPATH=str(tree), **worker_env(url), **(extra or {}))
         self.process = Process(command, environ, cwd=self.cwd)
         self.jobs = 0
         self.last_posts = 0.0  # stream posts per job in the last round
@@ -353,29 +371,45 @@ async def measure(pid: int, run: Callable[[], Awaitable[int]]) -> dict[str, floa
     return {"cpu": cpu_seconds(pid) - cpu, "wall": wall, "tokens": tokens}
 
 
-async def run(rounds: int, only: list[str]) -> dict[str, list[dict[str, float]]]:
+async def run(rounds: int, only: list[str], before: Path | None) -> dict[str, list[dict[str, float]]]:
     import httpx
 
-    platform, few_platform = stand_in(), stand_in()
+    platform, few_platform, before_platform = stand_in(), stand_in(), stand_in()
     results: dict[str, list[dict[str, float]]] = {}
-    with serving_on_loopback(platform.app()) as api_url, serving_on_loopback(few_platform.app()) as few_url:
+    with contextlib.ExitStack() as stack:
+        api_url = stack.enter_context(serving_on_loopback(platform.app()))
         sdk = SDKWorker(api_url, platform)
-        few = SDKWorker(few_url, few_platform, extra=FEW_POSTS)
+        few = SDKWorker(stack.enter_context(serving_on_loopback(few_platform.app())), few_platform, extra=FEW_POSTS)
+        old = None
+        if before is not None:
+            old_url = stack.enter_context(serving_on_loopback(before_platform.app()))
+            old = SDKWorker(old_url, before_platform, extra=serving_env(), tree=before)
         servers = {
             REFERENCE: vllm_server(free_port()),
             "load-balancing mode (handler http), streamed": worker_server("http", free_port()),
             "local endpoint, OpenAI route (handler serve), streamed": worker_server("serve", free_port()),
         }
         floor = BarePath()
-        every: list[HTTPPath | SDKWorker | BarePath] = [*servers.values(), sdk, few, floor]
+        every: list[HTTPPath | SDKWorker | BarePath] = [*servers.values(), sdk, few, *([old] if old else []), floor]
         paths: dict[str, tuple[int, Callable[[Any], Awaitable[int]] | None]] = {
             name: (server.process.pid, server.round) for name, server in servers.items()
         }
         for kind, stream in (("OpenAI", True), ("native", True), ("OpenAI", False), ("native", False)):
             name = f"{SDK}: {kind} job{', streamed' if stream else ''}"
             paths[name] = (sdk.process.pid, sdk.path(kind.lower(), stream))
-        paths[FEW_STREAMED] = (few.process.pid, few.path("openai", True))
+        for kind in ("OpenAI", "native"):
+            paths[SPLITS[f"{SDK}: {kind} job, streamed"]] = (few.process.pid, few.path(kind.lower(), True))
         workers = {sdk.process.pid: sdk, few.process.pid: few}
+        if old is not None and before is not None:
+            label = subprocess.run(
+                ["git", "-C", str(before), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            for kind in ("OpenAI", "native"):
+                paths[f"{SDK}, the code of {label or before}: {kind} job, streamed"] = (
+                    old.process.pid,
+                    old.path(kind.lower(), True),
+                )
+            workers[old.process.pid] = old
         paths[FLOOR] = (floor.popen.pid, None)
         limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY * 2)
         try:
@@ -404,6 +438,8 @@ async def run(rounds: int, only: list[str]) -> dict[str, list[dict[str, float]]]
                 server.process.stop()
             sdk.process.stop()
             few.process.stop()
+            if old is not None:
+                old.process.stop()
             floor.stop()
     return results
 
@@ -432,32 +468,43 @@ def table(results: dict[str, list[dict[str, float]]], rounds: int) -> None:
             f"| {name} | {cost:.0f} µs | {cost / reference:.2f}x | ≈ {1e6 / cost:,.0f} tokens/s | "
             f"{rate(name):.0f} | {rate(name) / ceiling:.3f} | {f'{posts:.1f}' if posts else '-'} |"
         )
-    if DEFAULT_STREAMED in results and FEW_STREAMED in results:
-        posts_split(results, per_token(DEFAULT_STREAMED), per_token(FEW_STREAMED), reference)
+    for many, few in SPLITS.items():
+        if many in results and few in results:
+            posts_split(results, many, few, per_token, reference)
 
 
-def posts_split(results: dict[str, list[dict[str, float]]], many: float, few: float, reference: float) -> None:
-    """A stream post's CPU and a token's without posts, from the two queue
-    rows that differ only in their post budget."""
+def posts_split(
+    results: dict[str, list[dict[str, float]]],
+    many: str,
+    few: str,
+    per_token: Callable[[str], float],
+    reference: float,
+) -> None:
+    """A stream post's CPU and a token's without posts, from two queue rows
+    that differ only in their post budget."""
 
     def posts_per_token(name: str) -> float:
         return sum(r["posts"] for r in results[name]) * CONCURRENCY / sum(r["tokens"] for r in results[name])
 
-    extra_posts = posts_per_token(DEFAULT_STREAMED) - posts_per_token(FEW_STREAMED)
+    extra_posts = posts_per_token(many) - posts_per_token(few)
     if extra_posts <= 0:
-        print("\n(the two queue rows sent as many posts: no split)")
+        print(f"\n({many}: as many posts with the small budget: no split)")
         return
-    post = (many - few) / extra_posts
-    token = many - post * posts_per_token(DEFAULT_STREAMED)
+    post = (per_token(many) - per_token(few)) / extra_posts
+    token = per_token(many) - post * posts_per_token(many)
     from handler.settings import Settings
 
     budget = Settings.model_fields["stream_batches_per_s"].default
+    events = Settings.model_fields["stream_batch_max_events"].default
+    # On one core at full tilt a job posts when its batch is old enough (all
+    # jobs together about `budget` a second) or holds `events` events,
+    # whichever comes first: the ceiling is the lower of the two.
+    ceiling = min((1 - budget * post / 1e6) / token, 1 / (token + post / events)) * 1e6
     print(
-        f"\nfrom the two streamed OpenAI queue rows: a stream post costs the front end ≈ {post:.0f} µs; "
+        f"\n{many}, against the same with fewer posts: a stream post costs the front end ≈ {post:.0f} µs; "
         f"a token, posts aside, ≈ {token:.0f} µs = {token / reference:.2f}x vllm serve's. "
-        f"At the default budget ({budget:.0f} posts a second) posts take ≈ {budget * post / 1e4:.1f} % of a core "
-        f"(plus each job's first-token and last posts), so the ceiling on one core is "
-        f"≈ {(1 - budget * post / 1e6) / token * 1e6:,.0f} tokens/s"
+        f"On one core at full tilt posts come {budget:.0f} a second or one per {events} events, whichever "
+        f"is more, so the ceiling is ≈ {ceiling:,.0f} tokens/s (vllm serve's: ≈ {1e6 / reference:,.0f})"
     )
 
 
@@ -585,6 +632,12 @@ def main() -> None:
         default=[],
         help="measure only the paths whose name holds this (and vllm serve and the bare floor)",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run the streamed queue jobs through `python -m handler` from this checkout "
+        "(say, `git worktree add --detach ../before <rev>`), with the worker's serving settings",
+    )
     parser.add_argument("--profile", action="store_true", help="also split the production worker's CPU by layer")
     parser.add_argument("--profile-out", type=Path, help="keep the profile's cProfile stats in this file")
     parser.add_argument("--no-table", action="store_true", help="only the profile")
@@ -597,7 +650,7 @@ def main() -> None:
         profiled_worker(options.profiled_worker)
     else:
         if not options.no_table:
-            table(asyncio.run(run(options.rounds, options.only)), options.rounds)
+            table(asyncio.run(run(options.rounds, options.only, options.before)), options.rounds)
         if options.profile:
             asyncio.run(profile(options.profile_out))
 
