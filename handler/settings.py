@@ -37,7 +37,8 @@ class Settings(BaseModel):
         True,
         description="When neither `MAX_NUM_SEQS` nor CUDA-graph capture sizes are set, cap vLLM's "
         "`max_num_seqs` at `MAX_CONCURRENCY` (where that is below vLLM's default), and with it the "
-        "batch sizes vLLM captures CUDA graphs for at boot. `false`: vLLM's defaults (see Cold start).",
+        "batch sizes vLLM captures CUDA graphs for at boot. `false`: vLLM's defaults (see "
+        "[Cold start](deploying.md#cold-start-what-the-image-bakes-and-what-the-volume-keeps)).",
     )
     stream_batch_max_events: int = Field(
         32,
@@ -66,7 +67,8 @@ class Settings(BaseModel):
         Path("/runpod-volume"),
         description="When this directory exists (a RunPod network volume), the Hugging "
         "Face cache lives on it, and vLLM's compile, JIT and startup-plan caches too, in a "
-        "directory per GPU type, vLLM and torch version (see Cold start).",
+        "directory per GPU type, vLLM and torch version (see "
+        "[Cold start](deploying.md#cold-start-what-the-image-bakes-and-what-the-volume-keeps)).",
     )
     baked_vllm_cache: Path = Field(
         Path("/models/vllm-cache"),
@@ -94,7 +96,8 @@ class Settings(BaseModel):
         "queue",
         description="The kind of RunPod endpoint the worker serves: `queue` (`/run`, "
         "`/runsync`, `/openai/v1` through RunPod's queue) or `load_balancing` (vLLM's "
-        "OpenAI server on `PORT`, `/ping` on `PORT_HEALTH`; see Load-balancing endpoint).",
+        "OpenAI server on `PORT`, `/ping` on `PORT_HEALTH`; see "
+        "[Load-balancing endpoints](load-balancing.md)).",
     )
     port_health: int | None = Field(
         None,
@@ -113,7 +116,8 @@ class Settings(BaseModel):
         None,
         ge=1,
         le=65535,
-        description="A group of nodes (see When a model outgrows one worker): the port node 0 listens on "
+        description="A group of nodes (see [When a model outgrows one worker](sizing.md#when-a-model-outgrows-one-worker)): "
+        "the port node 0 listens on "
         "for the other nodes' links (default: vLLM's `MASTER_PORT` + 1).",
     )
     max_json_depth: int = Field(
