@@ -31,13 +31,18 @@ def build(config: Path, site: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def need_mkdocs() -> None:
+    """Skip without .venv-docs, except under CI, where `make test` has made it."""
     if not MKDOCS.exists():
         reason = "no .venv-docs: `make docs` (which `make test` runs) makes it"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_mkdocs()
     target = tmp_path_factory.mktemp("site")
     result = build(ROOT / "mkdocs.yml", target)
     assert result.returncode == 0, result.stderr
@@ -73,8 +78,7 @@ def test_the_readmes_links_into_the_docs_resolve(site):
 def test_a_broken_anchor_fails_the_strict_build(tmp_path):
     """mkdocs.yml's validation settings make a link to a missing anchor a
     warning, which --strict turns into a failed build (and `make test` with it)."""
-    if not MKDOCS.exists():
-        pytest.skip("no .venv-docs: `make docs` (which `make test` runs) makes it")
+    need_mkdocs()
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
     with (tmp_path / "docs" / "jobs.md").open("a") as page:
