@@ -24,12 +24,12 @@ setup:
 
 # The agent frameworks tests/test_frameworks.py drives, in their own venv.
 clients:
-	@PYTHON="$(BASE_PYTHON)" bash builder/setup_clients.sh
+	@PYTHON="$(BASE_PYTHON)" bash builder/setup_tool_venv.sh .venv-clients tests/clients/requirements.txt
 
 # The documentation site, from its own venv; strict: a warning (a broken link or
 # anchor, a page missing from nav) fails the build. Offline: no fetching plugin.
 docs:
-	@PYTHON="$(BASE_PYTHON)" bash builder/setup_docs.sh
+	@PYTHON="$(BASE_PYTHON)" bash builder/setup_tool_venv.sh .venv-docs docs/requirements.txt
 	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict
 
 model: setup

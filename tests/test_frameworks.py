@@ -1,7 +1,7 @@
 """Agent frameworks against the worker, as their users run them.
 
 The frameworks run in their own virtual environment, ``.venv-clients``
-(tests/clients/requirements.txt; builder/setup_clients.sh makes it, and
+(tests/clients/requirements.txt; builder/setup_tool_venv.sh makes it, and
 ``make test`` runs that), one subprocess per framework, all at once, each
 reaching the session's engine over HTTP only: through the local endpoint's ``/v2/<id>/openai/v1`` (RunPod's
 queue, as ``make serve``) and load-balancing mode's ``/v1`` (as ``make
