@@ -39,7 +39,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +172,13 @@ def server_command(port: int) -> list[str]:
 
 def cpu_flags() -> list[str]:
     """config.CPU_DEFAULTS as `vllm serve` flags."""
+    return as_flags(CPU_DEFAULTS)
+
+
+def as_flags(settings: Mapping[str, Any]) -> list[str]:
+    """vLLM settings by dest (``{"enforce_eager": True}``) as `vllm serve` flags."""
     flags = []
-    for name, value in CPU_DEFAULTS.items():
+    for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
         flags += [flag] if value is True else [flag, str(value)]
     return flags

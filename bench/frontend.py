@@ -54,9 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cold_start import cpu_flags, embedded_dir, free_port, serving_on_loopback, stop  # noqa: E402 - after the path
+from cold_start import as_flags, cpu_flags, embedded_dir, free_port, serving_on_loopback, stop  # noqa: E402 - after the path
 
 from handler.config import EMBEDDED_SERVED_NAME as MODEL  # noqa: E402
+from handler.settings import Settings  # noqa: E402
 
 CONCURRENCY = 16
 TOKENS = 128
@@ -155,41 +156,29 @@ class HTTPPath:
         return sum(counts)
 
 
-def serving_flags() -> list[str]:
-    """The worker's own serving settings as `vllm serve` flags: the chat
-    template, the tool-call and reasoning parsers it chose from it, and its
-    tool strictness. Without them vLLM's server would skip the per-token
-    parser work every worker path does, and the reference would be cheaper
-    for a reason that is no part of the front end."""
+def serving_settings() -> dict[str, Any]:
+    """The worker's own serving settings, by vLLM dest: the chat template,
+    the tool-call and reasoning parsers it chose from it, and its tool
+    strictness. Without them vLLM's server would skip the per-token parser
+    work every worker path does, and the reference would be cheaper for a
+    reason that is no part of the front end."""
     from handler.config import engine_config
-    from handler.settings import Settings
 
     environ = env()
     args = engine_config(Settings.from_env(environ), environ).args
-    flags = ["--chat-template", str(args.chat_template), "--tool-strict-level", str(args.tool_strict_level)]
-    if args.tool_call_parser:
-        flags += ["--tool-call-parser", args.tool_call_parser]
-    if args.enable_auto_tool_choice:
-        flags += ["--enable-auto-tool-choice"]
-    if args.reasoning_parser:
-        flags += ["--reasoning-parser", args.reasoning_parser]
-    return flags
+    names = ("chat_template", "tool_strict_level", "tool_call_parser", "enable_auto_tool_choice", "reasoning_parser")
+    return {name: getattr(args, name) for name in names if getattr(args, name)}
 
 
-def serving_env() -> dict[str, str]:
-    """``serving_flags`` as the worker's environment variables, for a worker
+def as_env(settings: dict[str, Any]) -> dict[str, str]:
+    """Serving settings as the worker's environment variables, for a worker
     from an older checkout that did not choose them itself."""
-    flags, environ = serving_flags(), {}
-    for index, flag in enumerate(flags):
-        if flag.startswith("--"):
-            value = flags[index + 1] if index + 1 < len(flags) and not flags[index + 1].startswith("--") else "true"
-            environ[flag[2:].replace("-", "_").upper()] = value
-    return environ
+    return {name.upper(): "true" if value is True else str(value) for name, value in settings.items()}
 
 
-def vllm_server(port: int) -> HTTPPath:
+def vllm_server(port: int, serving: dict[str, Any]) -> HTTPPath:
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_dir())]
-    command += ["--served-model-name", MODEL, *cpu_flags(), *serving_flags(), "--host", "127.0.0.1"]
+    command += ["--served-model-name", MODEL, *cpu_flags(), *as_flags(serving), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--max-num-seqs", "30", "--disable-uvicorn-access-log"]
     process = Process(command, env())
     return HTTPPath(process, f"http://127.0.0.1:{port}/v1/chat/completions", "/health")
@@ -252,6 +241,7 @@ class SDKWorker:
         from fake_runpod import worker_env
 
         self.platform = platform
+        self.tree = tree
         self.cwd = Path(tempfile.mkdtemp(prefix="bench-frontend-sdk-"))
         command = [sys.executable, "-m", "handler"]
         if profile_to is not None:
@@ -374,18 +364,20 @@ async def measure(pid: int, run: Callable[[], Awaitable[int]]) -> dict[str, floa
 async def run(rounds: int, only: list[str], before: Path | None) -> dict[str, list[dict[str, float]]]:
     import httpx
 
-    platform, few_platform, before_platform = stand_in(), stand_in(), stand_in()
     results: dict[str, list[dict[str, float]]] = {}
+    serving = serving_settings()
     with contextlib.ExitStack() as stack:
-        api_url = stack.enter_context(serving_on_loopback(platform.app()))
-        sdk = SDKWorker(api_url, platform)
-        few = SDKWorker(stack.enter_context(serving_on_loopback(few_platform.app())), few_platform, extra=FEW_POSTS)
-        old = None
-        if before is not None:
-            old_url = stack.enter_context(serving_on_loopback(before_platform.app()))
-            old = SDKWorker(old_url, before_platform, extra=serving_env(), tree=before)
+
+        def sdk_worker(**options: Any) -> SDKWorker:
+            """A production worker against a stand-in job API of its own."""
+            platform = stand_in()
+            return SDKWorker(stack.enter_context(serving_on_loopback(platform.app())), platform, **options)
+
+        sdk = sdk_worker()
+        few = sdk_worker(extra=FEW_POSTS)
+        old = None if before is None else sdk_worker(extra=as_env(serving), tree=before)
         servers = {
-            REFERENCE: vllm_server(free_port()),
+            REFERENCE: vllm_server(free_port(), serving),
             "load-balancing mode (handler http), streamed": worker_server("http", free_port()),
             "local endpoint, OpenAI route (handler serve), streamed": worker_server("serve", free_port()),
         }
@@ -400,12 +392,12 @@ async def run(rounds: int, only: list[str], before: Path | None) -> dict[str, li
         for kind in ("OpenAI", "native"):
             paths[SPLITS[f"{SDK}: {kind} job, streamed"]] = (few.process.pid, few.path(kind.lower(), True))
         workers = {sdk.process.pid: sdk, few.process.pid: few}
-        if old is not None and before is not None:
+        if old is not None:
             label = subprocess.run(
-                ["git", "-C", str(before), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                ["git", "-C", str(old.tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
             ).stdout.strip()
             for kind in ("OpenAI", "native"):
-                paths[f"{SDK}, the code of {label or before}: {kind} job, streamed"] = (
+                paths[f"{SDK}, the code of {label or old.tree}: {kind} job, streamed"] = (
                     old.process.pid,
                     old.path(kind.lower(), True),
                 )
@@ -492,8 +484,6 @@ def posts_split(
         return
     post = (per_token(many) - per_token(few)) / extra_posts
     token = per_token(many) - post * posts_per_token(many)
-    from handler.settings import Settings
-
     budget = Settings.model_fields["stream_batches_per_s"].default
     events = Settings.model_fields["stream_batch_max_events"].default
     # On one core at full tilt a job posts when its batch is old enough (all
