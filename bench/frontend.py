@@ -18,11 +18,22 @@ ignore_eos, the embedded model) goes, in rotated order each round, through:
   OpenAI and native jobs, streamed and not (the stream posts included);
 - `AsyncLLM.generate` in a bare script: the floor for CPU per token, and the
   ceiling for tokens/s.
+- the same streamed queue jobs through a worker with `STREAM_INTERVAL=16`,
+  vLLM's own lever for fewer, bigger chunks, beside vLLM's server with
+  `--stream-interval 16`: the same text in an eighth as many events or
+  fewer, which is the user's choice, not a default.
 
 Every server runs at once with the same engine settings (the worker's CPU
 ones), so rounds interleave and machine noise hits each path alike. The CPU
 counted is the front-end process's own (user + system, all its threads), not
 EngineCore's: read from /proc around each round.
+
+`--fast-engine` runs every path on a fabricated 2-layer Llama with the
+embedded model's tokenizer and dummy weights (tests/tiny_llama.py) instead:
+its tokens are random, but it makes them about seven times as fast on this
+CPU, so the front end is fed nearer a GPU's rate, and what it spends a second
+rather than a token (the post budget, the SDK's polling) weighs on each token
+about as it would there.
 
 `--profile` also runs one round of streamed OpenAI and native jobs through the
 production worker under cProfile and splits its CPU per token by layer (vLLM's
@@ -30,6 +41,7 @@ share, the worker's, the SDK's). cProfile slows Python calls, so the split is
 a proportion, not a timing.
 
     .venv/bin/python bench/frontend.py --rounds 3 --profile
+    .venv/bin/python bench/frontend.py --rounds 3 --fast-engine
 """
 
 from __future__ import annotations
@@ -70,6 +82,12 @@ SDK = "queue worker under the runpod SDK"
 # with fewer stream posts, so that a post's cost and the rest of a token's
 # are told apart, from two rows measured side by side.
 FEW_POSTS = {"STREAM_BATCHES_PER_S": "5"}
+# vLLM's own lever for fewer, bigger chunks (`--stream-interval`, the worker's
+# STREAM_INTERVAL): a chunk every this many tokens, the first and last at once.
+# It changes what a client receives (fewer events, the same text), so it is
+# the user's choice, measured here beside vLLM's own server with the same flag.
+INTERVAL = 16
+INTERVAL_REFERENCE = f"vLLM's own server (vllm serve --stream-interval {INTERVAL}), streamed"
 SPLITS = {  # a default streamed queue row -> the same jobs with fewer posts
     f"{SDK}: {kind} job, streamed": f"{SDK}: {kind} job, streamed, STREAM_BATCHES_PER_S={FEW_POSTS['STREAM_BATCHES_PER_S']}"
     for kind in ("OpenAI", "native")
@@ -78,6 +96,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 # The worker's engine settings on the CPU (one model worker in EngineCore,
 # forked), given to vLLM's server and the bare script too: one engine, many fronts.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_WORKER_MULTIPROC_METHOD": "fork"}
+# The model every path serves, as the worker's environment (--fast-engine sets it).
+MODEL_ENV: dict[str, str] = {}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,6 +113,7 @@ def env(**extra: str) -> dict[str, str]:
         "VLLM_LOGGING_LEVEL": "WARNING",
         "MAX_CONCURRENCY": "30",
         **ENGINE_ENV,
+        **MODEL_ENV,
         **extra,
     }
 
@@ -176,8 +197,21 @@ def as_env(settings: dict[str, Any]) -> dict[str, str]:
     return {name.upper(): "true" if value is True else str(value) for name, value in settings.items()}
 
 
+def use_fast_engine() -> None:
+    """Serve the tiny Llama with dummy weights on every path (--fast-engine)."""
+    from tiny_llama import fabricate
+
+    model = fabricate(Path(tempfile.mkdtemp(prefix="bench-frontend-tiny-")))
+    MODEL_ENV.update(MODEL=str(model), LOAD_FORMAT="dummy", SERVED_MODEL_NAME=MODEL)
+
+
+def model_settings() -> dict[str, Any]:
+    """The served model's settings by vLLM dest, for vLLM's server and the bare script."""
+    return {"model": MODEL_ENV.get("MODEL", str(embedded_dir())), "load_format": MODEL_ENV.get("LOAD_FORMAT", "auto")}
+
+
 def vllm_server(port: int, serving: dict[str, Any]) -> HTTPPath:
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_dir())]
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *as_flags(model_settings())]
     command += ["--served-model-name", MODEL, *cpu_flags(), *as_flags(serving), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--max-num-seqs", "30", "--disable-uvicorn-access-log"]
     process = Process(command, env())
@@ -294,7 +328,8 @@ async def bare(rounds: int) -> None:
 
     from handler.config import CPU_DEFAULTS
 
-    engine_args = AsyncEngineArgs(model=str(embedded_dir()), served_model_name=[MODEL], max_num_seqs=30, **CPU_DEFAULTS)
+    MODEL_ENV.update({name: os.environ[name] for name in ("MODEL", "LOAD_FORMAT") if name in os.environ})
+    engine_args = AsyncEngineArgs(served_model_name=[MODEL], max_num_seqs=30, **model_settings(), **CPU_DEFAULTS)
     llm = AsyncLLM.from_engine_args(engine_args)
     tokenizer = llm.tokenizer
     prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
@@ -375,14 +410,23 @@ async def run(rounds: int, only: list[str], before: Path | None) -> dict[str, li
 
         sdk = sdk_worker()
         few = sdk_worker(extra=FEW_POSTS)
+        merged = sdk_worker(extra={"STREAM_INTERVAL": str(INTERVAL)})
         old = None if before is None else sdk_worker(extra=as_env(serving), tree=before)
         servers = {
             REFERENCE: vllm_server(free_port(), serving),
+            INTERVAL_REFERENCE: vllm_server(free_port(), {**serving, "stream_interval": INTERVAL}),
             "load-balancing mode (handler http), streamed": worker_server("http", free_port()),
             "local endpoint, OpenAI route (handler serve), streamed": worker_server("serve", free_port()),
         }
         floor = BarePath()
-        every: list[HTTPPath | SDKWorker | BarePath] = [*servers.values(), sdk, few, *([old] if old else []), floor]
+        every: list[HTTPPath | SDKWorker | BarePath] = [
+            *servers.values(),
+            sdk,
+            few,
+            merged,
+            *([old] if old else []),
+            floor,
+        ]
         paths: dict[str, tuple[int, Callable[[Any], Awaitable[int]] | None]] = {
             name: (server.process.pid, server.round) for name, server in servers.items()
         }
@@ -391,7 +435,12 @@ async def run(rounds: int, only: list[str], before: Path | None) -> dict[str, li
             paths[name] = (sdk.process.pid, sdk.path(kind.lower(), stream))
         for kind in ("OpenAI", "native"):
             paths[SPLITS[f"{SDK}: {kind} job, streamed"]] = (few.process.pid, few.path(kind.lower(), True))
-        workers = {sdk.process.pid: sdk, few.process.pid: few}
+        for kind in ("OpenAI", "native"):
+            paths[f"{SDK}, STREAM_INTERVAL={INTERVAL}: {kind} job, streamed"] = (
+                merged.process.pid,
+                merged.path(kind.lower(), True),
+            )
+        workers = {sdk.process.pid: sdk, few.process.pid: few, merged.process.pid: merged}
         if old is not None:
             label = subprocess.run(
                 ["git", "-C", str(old.tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -430,6 +479,7 @@ async def run(rounds: int, only: list[str], before: Path | None) -> dict[str, li
                 server.process.stop()
             sdk.process.stop()
             few.process.stop()
+            merged.process.stop()
             if old is not None:
                 old.process.stop()
             floor.stop()
@@ -446,7 +496,8 @@ def table(results: dict[str, list[dict[str, float]]], rounds: int) -> None:
     reference, ceiling = per_token(REFERENCE), rate(FLOOR)
     print(
         f"\n{CONCURRENCY} concurrent chat completions x {TOKENS} tokens, {rounds} rounds, "
-        f"{os.cpu_count()} CPUs, model {MODEL}; CPU of the front-end process only"
+        f"{os.cpu_count()} CPUs, model {MODEL_ENV.get('MODEL', MODEL)}"
+        f"{' (dummy weights)' if MODEL_ENV.get('LOAD_FORMAT') == 'dummy' else ''}; CPU of the front-end process only"
     )
     print(
         "| path | front-end CPU per token | vs vllm serve | ceiling on one core | tokens/s | vs bare AsyncLLM "
@@ -479,8 +530,8 @@ def posts_split(
         return sum(r["posts"] for r in results[name]) * CONCURRENCY / sum(r["tokens"] for r in results[name])
 
     extra_posts = posts_per_token(many) - posts_per_token(few)
-    if extra_posts <= 0:
-        print(f"\n({many}: as many posts with the small budget: no split)")
+    if extra_posts < posts_per_token(many) / 3:  # the 32-event cap, not the budget, set the posts
+        print(f"\n({many}: about as many posts with the small budget, so no split)")
         return
     post = (per_token(many) - per_token(few)) / extra_posts
     token = per_token(many) - post * posts_per_token(many)
@@ -628,6 +679,11 @@ def main() -> None:
         help="also run the streamed queue jobs through `python -m handler` from this checkout "
         "(say, `git worktree add --detach ../before <rev>`), with the worker's serving settings",
     )
+    parser.add_argument(
+        "--fast-engine",
+        action="store_true",
+        help="serve a 2-layer Llama with dummy weights, which makes tokens about 7x as fast here",
+    )
     parser.add_argument("--profile", action="store_true", help="also split the production worker's CPU by layer")
     parser.add_argument("--profile-out", type=Path, help="keep the profile's cProfile stats in this file")
     parser.add_argument("--no-table", action="store_true", help="only the profile")
@@ -639,8 +695,13 @@ def main() -> None:
     elif options.profiled_worker:
         profiled_worker(options.profiled_worker)
     else:
+        if options.fast_engine:
+            use_fast_engine()
         if not options.no_table:
-            table(asyncio.run(run(options.rounds, options.only, options.before)), options.rounds)
+            table(
+                asyncio.run(run(options.rounds, options.only, options.before and options.before.resolve())),
+                options.rounds,
+            )
         if options.profile:
             asyncio.run(profile(options.profile_out))
 

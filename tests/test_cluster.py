@@ -9,9 +9,7 @@ first request.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +22,7 @@ import httpx
 import openai
 import psutil
 import pytest
+import tiny_llama
 from conftest import CAPITAL
 
 from handler.cluster import Group
@@ -177,26 +176,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama with 4 attention heads (2 KV heads) beside the
-    embedded model's tokenizer; the engine loads dummy weights for it."""
-    from handler import embedded_model
-
-    embedded = embedded_model.prepare(Settings.from_env().embedded_model_dir, progress=False)
-    target = tmp_path_factory.mktemp("tiny-llama")
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        shutil.copy(embedded / name, target / name)
-    config = json.loads((embedded / "config.json").read_text())
-    config.update(
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        hidden_size=256,
-        head_dim=64,
-        intermediate_size=512,
-        max_position_embeddings=2048,
-    )
-    (target / "config.json").write_text(json.dumps(config))
-    return target
+    """A 2-layer Llama that splits in two (tests/tiny_llama.py)."""
+    return tiny_llama.fabricate(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @dataclass
