@@ -139,6 +139,22 @@ async def test_eight_concurrent_jobs_get_their_own_answers(worker):
     assert "Paris" in native_text(results[-1])
 
 
+async def test_a_stream_interval_gives_fewer_longer_pieces_of_the_same_text(worker):
+    """``sampling_params.stream_interval`` reaches vLLM: a streamed native job's
+    pieces then hold up to that many tokens each (the first alone)."""
+    params = {"max_tokens": 16, "ignore_eos": True, "temperature": 0}
+
+    async def pieces(**extra) -> list[str]:
+        items = await run_job(worker, {"prompt": "1,", "sampling_params": {**params, **extra}, "stream": True})
+        assert job_error(items) is None
+        return [t for item in items for c in item["choices"] for t in c["tokens"]]
+
+    each, merged = await pieces(), await pieces(stream_interval=4)
+    assert "".join(merged) == "".join(each)
+    assert len(each) == 16, each
+    assert len(merged) == 1 + 15 // 4 + 1, merged
+
+
 async def test_jobs_streaming_together_share_the_post_budget(engine):
     """STREAM_BATCHES_PER_S is one budget for the whole worker: while four
     jobs stream, each one's batches wait four times as long as one job's

@@ -60,6 +60,23 @@ async def test_completion_and_its_stream(worker):
     assert streamed.startswith(" 4, 5")
 
 
+async def test_a_stream_interval_sends_the_same_text_in_fewer_events(worker):
+    """vLLM's ``stream_interval`` (per request, or STREAM_INTERVAL for the
+    worker) makes a chunk of every N tokens, the first and last at once: the
+    lever for a front end's CPU per token (docs/performance.md)."""
+    body = {"model": MODEL, "prompt": "1,", "temperature": 0, "max_tokens": 16, "ignore_eos": True, "stream": True}
+
+    async def pieces(**extra) -> list[str]:
+        items = await run_job(worker, {"openai_route": "/v1/completions", "openai_input": {**body, **extra}})
+        assert job_error(items) is None
+        return [c["text"] for p in sse_payloads(items) for c in p["choices"] if c["text"]]
+
+    each, merged = await pieces(), await pieces(stream_interval=4)
+    assert "".join(merged) == "".join(each)
+    assert len(each) == 16, each
+    assert len(merged) == 1 + 15 // 4 + 1, merged  # the first token, every 4 more, the rest
+
+
 async def test_models_is_a_get_without_body(worker):
     for job in ({"openai_route": "/v1/models"}, {"openai_route": "/v1/models", "openai_input": {}}):
         [models] = await run_job(worker, job)
