@@ -60,8 +60,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -446,17 +447,20 @@ async def run(rounds: int, only: list[str], before: Path | None) -> dict[str, li
             name: (server.process.pid, server.round) for name, server in servers.items()
         }
 
-        def rows(worker: SDKWorker, label: str, streams: tuple[bool, ...] = (True,)) -> None:
+        def rows(
+            worker: SDKWorker,
+            label: str,
+            streams: tuple[bool, ...] = (True,),
+            named: Mapping[str, str] = MappingProxyType({}),
+        ) -> None:
+            """The worker's OpenAI and native rows; ``named`` renames some."""
             for stream in streams:
                 for kind in ("OpenAI", "native"):
                     name = f"{label}: {kind} job{', streamed' if stream else ''}"
-                    paths[SPLITS.get(name, name) if worker is few else name] = (
-                        worker.process.pid,
-                        worker.path(kind.lower(), stream),
-                    )
+                    paths[named.get(name, name)] = (worker.process.pid, worker.path(kind.lower(), stream))
 
         rows(sdk, SDK, (True, False))
-        rows(few, SDK)
+        rows(few, SDK, named=SPLITS)
         rows(merged, f"{SDK}, STREAM_INTERVAL={INTERVAL}")
         if old is not None:
             label = subprocess.run(
